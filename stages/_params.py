@@ -1,0 +1,191 @@
+"""Typed, validated params: one pydantic model per params.yaml section.
+
+`load_params(path)` reads params.yaml, fills `null` keys from the selected profile
+(stages/_profiles.py) and validates everything. Unknown keys, wrong types and out-of-range values
+raise `ParamsError` naming the file, the dotted key and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stages._profiles import PROFILES
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    # Where MNLI comes from: a local directory (Parquet, JSONL or GLUE TSV) or the hub.
+    local_dir: str | None = None
+    hub_id: str = "nyu-mll/glue"
+    hub_config: str = "mnli"
+    train_split: str = "train"
+    eval_split: str = "validation_matched"
+    # Sizes; 0 means "all rows the split has".
+    seed_size: int = Field(ge=1)
+    pool_size: int = Field(ge=0)
+    eval_size: int = Field(ge=0)
+
+
+class ModelParams(_Section):
+    teacher: str = Field(min_length=1)
+    max_length: int = Field(ge=8, le=512)
+
+
+class ActiveSelectParams(_Section):
+    strategy: Literal["entropy", "margin", "random"] = "entropy"
+    budget: int = Field(ge=0)
+    acquisition_epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+
+
+class AugmentParams(_Section):
+    # Share of labelled rows that get one augmented copy each.
+    fraction: float = Field(ge=0, le=1)
+    # Share of eligible words replaced / swapped in an augmented sentence.
+    rate: float = Field(default=0.15, gt=0, le=1)
+    ops: list[Literal["synonym", "swap", "delete"]] = ["synonym", "swap"]
+    weight: float = Field(default=1.0, ge=0)
+
+
+class BackTranslateParams(_Section):
+    fraction: float = Field(ge=0, le=1)
+    pivot: str = "spa"
+    weight: float = Field(default=1.0, ge=0)
+
+
+class TrainParams(_Section):
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    max_steps: int = -1  # -1: run `epochs`; otherwise stop after this many optimizer steps
+    learning_rate: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    save_steps: int = Field(default=100, ge=1)
+
+
+class FineTuneParams(TrainParams):
+    pass
+
+
+class PruneParams(_Section):
+    # Share of attention heads and of FFN channels removed in every layer.
+    ratio: float = Field(default=0.3, ge=0, lt=1)
+    importance: Literal["taylor", "magnitude"] = "taylor"
+    prune_heads: bool = True
+    prune_ffn: bool = True
+    calibration_batches: int = Field(default=8, ge=1)
+    recovery_steps: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+
+
+class DistillParams(TrainParams):
+    # "pruned": the pruned teacher; anything else: a model name for the registry.
+    student: str = "pruned"
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=2.0, gt=0)
+    # Unlabelled pool rows added as a transfer set (soft labels only); 0 = all of them.
+    transfer_size: int = Field(ge=0)
+
+
+class QuantizeParams(_Section):
+    scheme: Literal["dynamic_int8"] = "dynamic_int8"
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(default=32, ge=1)
+    latency_repeats: int = Field(ge=1)
+    latency_warmup: int = Field(default=2, ge=0)
+
+
+class Params(_Section):
+    profile: Literal["cpu", "gpu", "tiny"]
+    seed: int = 42
+    data: DataParams
+    model: ModelParams
+    active_select: ActiveSelectParams
+    augment: AugmentParams
+    back_translate: BackTranslateParams
+    fine_tune: FineTuneParams
+    prune: PruneParams
+    distill: DistillParams
+    quantize: QuantizeParams
+    evaluate: EvaluateParams
+
+
+# Sections of params.yaml that are not read by this module (e.g. the controller's).
+PASSTHROUGH_SECTIONS = {"controller"}
+
+
+def _merge_profile(raw: dict, source: str) -> dict:
+    profile = raw.get("profile", "cpu")
+    if profile not in PROFILES:
+        raise ParamsError(f"{source}: key 'profile': expected one of {sorted(PROFILES)}, got {profile!r}")
+    merged: dict = {"profile": profile}
+    for key, value in raw.items():
+        if key == "profile" or key in PASSTHROUGH_SECTIONS:
+            continue
+        preset = PROFILES[profile].get(key, {})
+        if isinstance(value, dict) or (value is None and key in PROFILES[profile]):
+            section = dict(preset)
+            for sub_key, sub_value in (value or {}).items():
+                # null means "the profile's value"; a key the profile lacks keeps null so that
+                # validation names it rather than silently defaulting.
+                if sub_value is not None or sub_key not in preset:
+                    section[sub_key] = sub_value
+            merged[key] = section
+        else:
+            merged[key] = value
+    for key, preset in PROFILES[profile].items():
+        merged.setdefault(key, dict(preset))
+    for key in Params.model_fields:
+        if key not in merged and key not in ("profile", "seed"):
+            merged[key] = {}
+    return merged
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  key '{key}': unknown key (typo? allowed keys are in stages/_params.py)")
+        elif e["type"] == "missing":
+            lines.append(f"  key '{key}': required but missing")
+        else:
+            lines.append(f"  key '{key}': {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    merged = _merge_profile(raw, source)
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,50 @@
+"""Profile presets: the values a `null` key in params.yaml falls back to.
+
+`params.yaml` has `profile: cpu|gpu|tiny`. Every key a stage reads is present in params.yaml so that
+`dvc exp run -S section.key=value` can set it; a key left `null` takes the value below for the
+selected profile. Sizes live here because they are what a profile is about: the CPU profile is sized
+to finish in under 30 minutes on a 2-core machine, the GPU profile runs the big teacher on all data,
+and the tiny profile is for the test-suite (a tiny model made from a config, a few dozen rows).
+
+Every stage lists this module as a DVC dependency, so editing a preset reruns what it affects.
+"""
+
+from __future__ import annotations
+
+PROFILES: dict[str, dict[str, dict]] = {
+    "cpu": {
+        "data": {"seed_size": 1000, "pool_size": 3000, "eval_size": 2000},
+        "model": {"teacher": "minilm-l6", "max_length": 128},
+        "active_select": {"budget": 1200, "acquisition_epochs": 1.0, "batch_size": 16},
+        "augment": {"fraction": 0.25},
+        "back_translate": {"fraction": 0.25},
+        "fine_tune": {"epochs": 1.0, "batch_size": 16, "max_steps": -1},
+        "prune": {"recovery_steps": 120, "batch_size": 16},
+        "distill": {"epochs": 1.0, "batch_size": 16, "max_steps": 250, "transfer_size": 1000},
+        "evaluate": {"latency_repeats": 10},
+    },
+    "gpu": {
+        # seed/pool sizes of 0 mean "everything the split has" (393k pairs online; the 9.8k
+        # offline pool otherwise).
+        "data": {"seed_size": 2000, "pool_size": 0, "eval_size": 0},
+        "model": {"teacher": "mpnet-base", "max_length": 128},
+        "active_select": {"budget": 6000, "acquisition_epochs": 2.0, "batch_size": 64},
+        "augment": {"fraction": 0.5},
+        "back_translate": {"fraction": 0.5},
+        "fine_tune": {"epochs": 3.0, "batch_size": 32, "max_steps": -1},
+        "prune": {"recovery_steps": 1000, "batch_size": 32},
+        "distill": {"epochs": 3.0, "batch_size": 32, "max_steps": -1, "transfer_size": 0},
+        "evaluate": {"latency_repeats": 30},
+    },
+    "tiny": {
+        "data": {"seed_size": 24, "pool_size": 36, "eval_size": 30},
+        "model": {"teacher": "minilm-l6", "max_length": 32},
+        "active_select": {"budget": 12, "acquisition_epochs": 1.0, "batch_size": 8},
+        "augment": {"fraction": 0.5},
+        "back_translate": {"fraction": 0.5},
+        "fine_tune": {"epochs": 1.0, "batch_size": 8, "max_steps": 4},
+        "prune": {"recovery_steps": 2, "batch_size": 8},
+        "distill": {"epochs": 1.0, "batch_size": 8, "max_steps": 3, "transfer_size": 16},
+        "evaluate": {"latency_repeats": 2},
+    },
+}

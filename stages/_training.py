@@ -1,0 +1,222 @@
+"""Training shared by active selection, fine-tuning, pruning recovery and distillation.
+
+One Hugging Face `Trainer` subclass handles all of them, so every training stage gets checkpoints,
+resume-after-kill and progress bars the same way:
+  loss = (1 - alpha) * weighted CE(gold labels)            rows with label -1 carry no CE
+       +      alpha  * T^2 * KL(softmax(t/T) || softmax(s/T))   only when teacher logits are given
+Per-row `weight` scales CE (augmented or pseudo-labelled rows can count less than gold ones).
+Training curves go to dvclive so `dvc plots` shows them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+_PADDED = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float
+    batch_size: int
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    save_steps: int = 100
+    seed: int = 42
+    max_length: int = 128
+    # Knowledge distillation; alpha 0 means plain (weighted) cross-entropy.
+    alpha: float = 0.0
+    temperature: float = 1.0
+
+
+def train_config(params, *, seed: int, max_length: int, alpha: float = 0.0, temperature: float = 1.0) -> TrainConfig:
+    """TrainConfig from a stages._params.TrainParams section (fine_tune, distill)."""
+    return TrainConfig(
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        max_steps=params.max_steps,
+        learning_rate=params.learning_rate,
+        weight_decay=params.weight_decay,
+        warmup_ratio=params.warmup_ratio,
+        save_steps=params.save_steps,
+        seed=seed,
+        max_length=max_length,
+        alpha=alpha,
+        temperature=temperature,
+    )
+
+
+def build_dataset(df: pd.DataFrame, tokenizer, max_length: int, teacher_logits: np.ndarray | None = None) -> Dataset:
+    """Tokenised (unpadded) rows with labels, weights and optional teacher logits (n, 3)."""
+    enc = tokenizer(df["premise"].tolist(), df["hypothesis"].tolist(), truncation=True, max_length=max_length)
+    columns = {k: enc[k] for k in _PADDED if k in enc}
+    columns["labels"] = df["label"].astype("int64").tolist()
+    columns["weight"] = df["weight"].astype("float32").tolist()
+    if teacher_logits is not None:
+        columns["teacher_logits"] = teacher_logits.astype("float32").tolist()
+    return Dataset.from_dict(columns)
+
+
+class PairCollator:
+    """Pads token fields per batch (dynamic padding) and stacks the per-row extras."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, rows: list[dict]) -> dict:
+        tokens = [{k: r[k] for k in _PADDED if k in r} for r in rows]
+        batch = dict(self.tokenizer.pad(tokens, return_tensors="pt"))
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        batch["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+        if "teacher_logits" in rows[0]:
+            batch["teacher_logits"] = torch.tensor([r["teacher_logits"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def sec_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """logits (b, c), labels (b,) with -1 = no gold label, weight (b,), teacher_logits (b, c)."""
+    has_label = labels >= 0
+    ce_rows = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")  # (b,)
+    w = weight * has_label
+    ce = (ce_rows * w).sum() / w.sum().clamp(min=1e-8)
+    if teacher_logits is None or alpha == 0:
+        return ce
+    t = temperature
+    # KL(teacher_T || student_T) per row, scaled by T^2 so gradients keep their size as T grows.
+    kd_rows = F.kl_div(
+        F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1), reduction="none", log_target=True
+    ).sum(-1)
+    kd = kd_rows.mean() * t * t
+    if not has_label.any():
+        return kd
+    return (1 - alpha) * ce + alpha * kd
+
+
+class SecTrainer(Trainer):
+    def __init__(self, *args, alpha: float = 0.0, temperature: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.temperature = temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        weight = inputs.pop("weight")
+        teacher_logits = inputs.pop("teacher_logits", None)
+        outputs = model(**inputs)
+        loss = sec_loss(outputs.logits, labels, weight, teacher_logits, self.alpha, self.temperature)
+        return (loss, outputs) if return_outputs else loss
+
+
+class DvcLiveCallback(TrainerCallback):
+    """Logs the Trainer's loss and learning rate to a dvclive directory (a DVC plots output)."""
+
+    def __init__(self, live_dir: str | Path, resume: bool):
+        from dvclive import Live
+
+        self.live = Live(str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "learning_rate", "grad_norm"):
+            if logs and key in logs:
+                self.live.log_metric(f"train/{key}", float(logs[key]))
+        self.live.step = state.global_step
+        self.live.next_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.live.end()
+
+
+def train(
+    model,
+    tokenizer,
+    df: pd.DataFrame,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path,
+    live_dir: str | Path | None = None,
+    teacher_logits: np.ndarray | None = None,
+) -> dict:
+    """Train in place; resume from the newest checkpoint in `checkpoint_dir` if one exists.
+
+    `checkpoint_dir` is kept outside DVC's outputs (DVC deletes outputs before a stage runs), and
+    should be keyed by everything that determines the run, so that only a killed run of the same
+    job resumes. It is deleted after success.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(25, cfg.save_steps)),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    callbacks = [DvcLiveCallback(live_dir, resume=last is not None)] if live_dir else []
+    trainer = SecTrainer(
+        model=model,
+        args=args,
+        train_dataset=build_dataset(df, tokenizer, cfg.max_length, teacher_logits),
+        data_collator=PairCollator(tokenizer),
+        callbacks=callbacks,
+        alpha=cfg.alpha,
+        temperature=cfg.temperature,
+    )
+    result = trainer.train(resume_from_checkpoint=last)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return {
+        "train_loss": float(result.training_loss),
+        "train_steps": int(result.global_step),
+        "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
+        "train_rows": len(df),
+        "resumed_from": Path(last).name if last else None,
+    }
+
+
+def checkpoint_dir_for(stage: str, params: dict, inputs: list[str | Path]) -> Path:
+    """A checkpoint directory keyed by the stage's params and input contents.
+
+    A killed run resumes only into the same job; a changed param or input starts afresh.
+    """
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for item in inputs:
+        item = Path(item)
+        files = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+        for f in files:
+            digest.update(f.name.encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return Path(".cache") / "checkpoints" / f"{stage}-{digest.hexdigest()[:16]}"

@@ -1,0 +1,126 @@
+"""active_select: spend the labelling budget on the pool pairs the current model is least sure of.
+
+An acquisition model (the teacher's pretrained encoder, fine-tuned briefly on the seed set) scores
+every unlabelled pool pair; the `budget` highest-scoring pairs are "annotated" from the oracle file
+and join the seed set. `random` picks uniformly and is the baseline active selection must beat.
+The rest of the pool stays unlabelled: distillation uses it as a transfer set (soft labels only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages._inference import predict_logits, softmax
+from stages._io import DataError, read_pairs, write_metrics, write_pairs
+from stages._models import load_pretrained_classifier
+from stages._params import ActiveSelectParams, load_params
+from stages._training import TrainConfig, checkpoint_dir_for, train
+
+
+def uncertainty(probs: np.ndarray, strategy: str, seed: int) -> np.ndarray:
+    """Higher = more worth labelling. probs (n, c) -> scores (n,)."""
+    if strategy == "entropy":
+        return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
+    if strategy == "margin":
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        return 1.0 - (top2[:, 1] - top2[:, 0])  # small margin between the two best = unsure
+    if strategy == "random":
+        return np.random.default_rng(seed).random(len(probs))
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def pick(
+    seed_set: pd.DataFrame, pool: pd.DataFrame, oracle: pd.DataFrame, scores: np.ndarray, budget: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Top-`budget` pool rows by score get their oracle label -> (labelled, still unlabelled)."""
+    if budget > len(pool):
+        raise DataError(f"active_select.budget ({budget}) exceeds the pool ({len(pool)} rows)")
+    if not pool["pool_id"].isin(oracle["pool_id"]).all():
+        raise DataError("oracle.parquet lacks labels for some pool_id values")
+    pool = pool.assign(score=scores)
+    order = np.argsort(-scores, kind="stable")
+    picked = pool.iloc[order[:budget]]
+    rest = pool.iloc[order[budget:]].sort_values("pool_id")
+    labels = oracle.set_index("pool_id")["label"]
+    picked = picked.assign(label=labels.loc[picked["pool_id"]].to_numpy(), source="oracle")
+    labelled = pd.concat([seed_set.assign(score=np.nan), picked.drop(columns="pool_id")], ignore_index=True)
+    return labelled, rest.reset_index(drop=True)
+
+
+def active_select(
+    seed_set: pd.DataFrame,
+    pool: pd.DataFrame,
+    oracle: pd.DataFrame,
+    params: ActiveSelectParams,
+    *,
+    teacher: str,
+    max_length: int,
+    seed: int,
+    checkpoint_dir: str | Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    started = time.perf_counter()
+    metrics: dict = {"strategy": params.strategy, "budget": params.budget, "pool_rows": len(pool)}
+    if params.strategy == "random":
+        scores = uncertainty(np.zeros((len(pool), 3)), "random", seed)
+    else:
+        model, tokenizer = load_pretrained_classifier(teacher)
+        cfg = TrainConfig(
+            epochs=params.acquisition_epochs,
+            batch_size=params.batch_size,
+            learning_rate=params.learning_rate,
+            seed=seed,
+            max_length=max_length,
+        )
+        metrics["acquisition"] = train(model, tokenizer, seed_set, cfg, checkpoint_dir=checkpoint_dir)
+        logits = predict_logits(
+            model, tokenizer, pool["premise"].tolist(), pool["hypothesis"].tolist(),
+            batch_size=64, max_length=max_length, desc="score pool",
+        )
+        scores = uncertainty(softmax(logits), params.strategy, seed)
+    labelled, rest = pick(seed_set, pool, oracle, scores, params.budget)
+    picked_scores = labelled["score"].dropna()
+    metrics.update(
+        labelled_rows=len(labelled),
+        unlabelled_rows=len(rest),
+        mean_score_picked=float(picked_scores.mean()) if len(picked_scores) else 0.0,
+        mean_score_pool=float(np.mean(scores)) if len(scores) else 0.0,
+        picked_label_counts={
+            str(k): int(v) for k, v in labelled.loc[labelled["source"] == "oracle", "label"].value_counts().sort_index().items()
+        },
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    return labelled, rest, metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", required=True, help="directory with seed/pool/oracle.parquet")
+    parser.add_argument("--out-dir", required=True, help="writes labelled.parquet and unlabelled.parquet")
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    prepared = Path(args.prepared)
+    seed_set = read_pairs(prepared / "seed.parquet")
+    pool = read_pairs(prepared / "pool.parquet", allow_unlabelled=True)
+    oracle = pd.read_parquet(prepared / "oracle.parquet")
+    job = {"active_select": params.active_select.model_dump(), "model": params.model.model_dump(), "seed": params.seed}
+    labelled, rest, metrics = active_select(
+        seed_set, pool, oracle, params.active_select,
+        teacher=params.model.teacher, max_length=params.model.max_length, seed=params.seed,
+        checkpoint_dir=checkpoint_dir_for("active_select", job, [prepared / "seed.parquet"]),
+    )
+    write_pairs(labelled, Path(args.out_dir) / "labelled.parquet")
+    write_pairs(rest, Path(args.out_dir) / "unlabelled.parquet")
+    write_metrics(metrics, args.metrics)
+    print(f"active_select ({params.active_select.strategy}): {metrics['labelled_rows']} labelled rows")
+
+
+if __name__ == "__main__":
+    main()

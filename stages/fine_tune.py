@@ -1,0 +1,52 @@
+"""fine_tune: the teacher, trained on seed + selected + augmented + back-translated pairs.
+
+Checkpoints go to a directory keyed by params and inputs (outside DVC's outputs, which DVC deletes
+before a stage runs): a killed run resumes from its last checkpoint when the stage is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+from stages._io import read_pairs, write_metrics
+from stages._models import load_pretrained_classifier, save_model
+from stages._params import load_params
+from stages._training import TrainConfig, checkpoint_dir_for, train, train_config
+
+
+def fine_tune(model, tokenizer, data: pd.DataFrame, cfg: TrainConfig, *, checkpoint_dir, live_dir=None) -> dict:
+    started = time.perf_counter()
+    metrics = train(model, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir)
+    metrics["rows_by_source"] = {str(k): int(v) for k, v in data["source"].value_counts().sort_index().items()}
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--live-dir", default=None, help="dvclive directory for training curves")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    data = read_pairs(args.train)
+    model, tokenizer = load_pretrained_classifier(params.model.teacher)
+    cfg = train_config(params.fine_tune, seed=params.seed, max_length=params.model.max_length)
+    job = {"fine_tune": params.fine_tune.model_dump(), "model": params.model.model_dump(), "seed": params.seed}
+    metrics = fine_tune(
+        model, tokenizer, data, cfg,
+        checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train]), live_dir=args.live_dir,
+    )
+    save_model(model, tokenizer, args.out, {"stage": "fine_tune", "parent": params.model.teacher, "params": job})
+    write_metrics(metrics, args.metrics)
+    print(f"fine_tune: {metrics['train_steps']} steps on {len(data)} rows in {metrics['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
