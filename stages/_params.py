@@ -47,7 +47,7 @@ class ActiveSelectParams(_Section):
     budget: int = Field(ge=0)
     acquisition_epochs: float = Field(gt=0)
     batch_size: int = Field(ge=1)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(gt=0)
 
 
 class AugmentParams(_Section):
@@ -69,7 +69,7 @@ class TrainParams(_Section):
     epochs: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     max_steps: int = -1  # -1: run `epochs`; otherwise stop after this many optimizer steps
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     save_steps: int = Field(default=100, ge=1)
@@ -88,7 +88,7 @@ class PruneParams(_Section):
     calibration_batches: int = Field(default=8, ge=1)
     recovery_steps: int = Field(ge=0)
     batch_size: int = Field(ge=1)
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(gt=0)
 
 
 class DistillParams(TrainParams):

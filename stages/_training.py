@@ -154,6 +154,7 @@ def train(
     checkpoint_dir: str | Path,
     live_dir: str | Path | None = None,
     teacher_logits: np.ndarray | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """Train in place; resume from the newest checkpoint in `checkpoint_dir` if one exists.
 
@@ -180,8 +181,9 @@ def train(
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
-    callbacks = [DvcLiveCallback(live_dir, resume=last is not None)] if live_dir else []
+    callbacks = list(callbacks or []) + ([DvcLiveCallback(live_dir, resume=last is not None)] if live_dir else [])
     trainer = SecTrainer(
         model=model,
         args=args,

@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from stages._inference import predict_logits, tokenize_pairs
+from stages._cli import run
 from stages._io import atomic_path, read_pairs, write_json, write_metrics
 from stages._models import load_model, weights_size_mb
 from stages._params import EvaluateParams, load_params
@@ -144,4 +145,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

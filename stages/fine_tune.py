@@ -11,6 +11,7 @@ import time
 
 import pandas as pd
 
+from stages._cli import run
 from stages._io import read_pairs, write_metrics
 from stages._models import load_pretrained_classifier, save_model
 from stages._params import load_params
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from stages._cli import run
 from stages._io import UNLABELLED, DataError, read_pairs, validate_pairs, write_metrics, write_pairs
 from stages._params import DataParams, load_params
 
@@ -101,4 +102,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -13,6 +13,7 @@ import time
 
 import pandas as pd
 
+from stages._cli import run
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, save_model
 from stages._params import PruneParams, load_params
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

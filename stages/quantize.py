@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from stages._cli import run
 from stages._io import write_metrics
 from stages._models import load_model, read_sec_info, save_model, weights_size_mb
 from stages._params import QuantizeParams, load_params
@@ -50,4 +51,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

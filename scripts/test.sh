@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test-suite, after the same set-up as the main job. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+# pytest exits 5 when no test ran: that is a failure here, and `set -e` keeps it one.
+python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,19 @@
+"""Entry point wrapper for `python -m stages.<name>`: known input errors exit 2 with one clear line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def run(main: Callable[[], None]) -> None:
+    from stages._io import DataError
+    from stages._models import ModelError
+    from stages._params import ParamsError
+
+    try:
+        main()
+    except (DataError, ModelError, ParamsError) as err:
+        stage = main.__module__.rsplit(".", 1)[-1]
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,79 @@
+"""Fixtures: a tiny BERT built from a config (with its own word-level vocab) and tiny NLI data.
+
+Nothing here touches the network or the shared MNLI files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+_SUBJECTS = ["the man", "a woman", "the dog", "two kids", "a chef", "the band", "my friend", "the teacher"]
+_VERBS = ["is eating", "is running", "plays music", "is sleeping", "reads a book", "is cooking", "sings"]
+_PLACES = ["in the park", "at home", "on the street", "in a kitchen", "at school", "by the river"]
+
+
+def make_pairs(n: int, seed: int = 0) -> pd.DataFrame:
+    """Synthetic NLI pairs whose label follows from the text (entailment / neutral / negation)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        subject, verb, place = rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_PLACES)
+        premise = f"{subject.capitalize()} {verb} {place}."
+        label = i % 3
+        if label == 0:
+            hypothesis = f"{subject.capitalize()} {verb}."
+        elif label == 1:
+            hypothesis = f"{subject.capitalize()} {verb} {rng.choice(_PLACES)} with a friend."
+        else:
+            hypothesis = f"Nobody {verb.replace('is ', 'is ')} {place}."
+        rows.append({"premise": premise, "hypothesis": hypothesis, "label": label})
+    return pd.DataFrame(rows)
+
+
+def _vocab() -> list[str]:
+    words = set()
+    for text in _SUBJECTS + _VERBS + _PLACES + ["with a friend nobody not no never . , ' ?"]:
+        words.update(text.lower().replace(".", " . ").split())
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789.,'?!-") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    return specials + sorted(words) + letters
+
+
+def build_tiny_bert(directory) -> str:
+    """A 2-layer, 4-head, hidden-32 BERT classifier + WordPiece tokenizer, saved like a hub model."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(dict.fromkeys(_vocab())) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def pairs() -> pd.DataFrame:
+    from stages._io import validate_pairs
+
+    return validate_pairs(make_pairs(60), "pairs")

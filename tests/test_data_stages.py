@@ -1,0 +1,92 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_pairs
+from stages._io import DataError, read_pairs, validate_pairs
+from stages._params import ActiveSelectParams, DataParams
+from stages.active_select import active_select, pick, uncertainty
+from stages.prepare import load_mnli, prepare
+
+
+def data_params(**kw) -> DataParams:
+    return DataParams(**{"seed_size": 10, "pool_size": 20, "eval_size": 15, **kw})
+
+
+def test_prepare_is_deterministic_and_keeps_oracle_apart():
+    train, evaluation = make_pairs(50), make_pairs(30, seed=1)
+    frames, metrics = prepare(train, evaluation, data_params(), seed=3)
+    again, _ = prepare(train, evaluation, data_params(), seed=3)
+    for name in frames:
+        pd.testing.assert_frame_equal(frames[name], again[name])
+    assert len(frames["seed"]) == 10 and len(frames["pool"]) == 20 and len(frames["validation"]) == 15
+    assert (frames["pool"]["label"] == -1).all()
+    assert frames["oracle"]["pool_id"].tolist() == frames["pool"]["pool_id"].tolist()
+    assert set(frames["oracle"]["label"]) <= {0, 1, 2}
+    seed_pairs = set(zip(frames["seed"].premise, frames["seed"].hypothesis))
+    pool_pairs = set(zip(frames["pool"].premise, frames["pool"].hypothesis))
+    assert not seed_pairs & pool_pairs
+    assert metrics["seed_rows"] == 10
+
+
+def test_prepare_rejects_sizes_larger_than_the_split():
+    with pytest.raises(DataError, match="data.seed_size"):
+        prepare(make_pairs(20), make_pairs(5), data_params(seed_size=15, pool_size=10), seed=0)
+
+
+def test_load_mnli_from_local_dir(tmp_path):
+    make_pairs(12).to_parquet(tmp_path / "train.parquet")
+    make_pairs(6).to_json(tmp_path / "validation_matched.jsonl", orient="records", lines=True)
+    train, evaluation, origin = load_mnli(data_params(local_dir=str(tmp_path)))
+    assert len(train) == 12 and len(evaluation) == 6 and origin == str(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_mnli(data_params(local_dir=str(tmp_path / "missing")))
+    (tmp_path / "train.parquet").unlink()
+    with pytest.raises(DataError, match="no file for split 'train'"):
+        load_mnli(data_params(local_dir=str(tmp_path)))
+
+
+def test_uncertainty_orders_by_doubt():
+    probs = np.array([[0.98, 0.01, 0.01], [0.34, 0.33, 0.33], [0.6, 0.4, 0.0]])
+    for strategy in ("entropy", "margin"):
+        scores = uncertainty(probs, strategy, seed=0)
+        assert scores.argmax() == 1 and scores.argmin() == 0
+    random_scores = uncertainty(probs, "random", seed=0)
+    assert np.array_equal(random_scores, uncertainty(probs, "random", seed=0))
+
+
+def test_pick_labels_from_oracle_only_what_was_picked():
+    frames, _ = prepare(make_pairs(40), make_pairs(10), data_params(pool_size=20, eval_size=5), seed=0)
+    scores = np.arange(20, dtype=float)
+    labelled, rest = pick(frames["seed"], frames["pool"], frames["oracle"], scores, budget=5)
+    picked = labelled[labelled.source == "oracle"]
+    assert len(picked) == 5 and len(rest) == 15 and (rest["label"] == -1).all()
+    oracle = frames["oracle"].set_index("pool_id")["label"]
+    top = frames["pool"].iloc[-5:]
+    assert sorted(picked["label"].tolist()) == sorted(oracle.loc[top["pool_id"]].tolist())
+    with pytest.raises(DataError, match="budget"):
+        pick(frames["seed"], frames["pool"], frames["oracle"], scores, budget=21)
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "random"])
+def test_active_select_end_to_end_on_tiny_model(strategy, tiny_model_dir, tmp_path):
+    frames, _ = prepare(make_pairs(60), make_pairs(10), data_params(seed_size=16, pool_size=30, eval_size=5), seed=0)
+    params = ActiveSelectParams(strategy=strategy, budget=8, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
+    labelled, rest, metrics = active_select(
+        frames["seed"], frames["pool"], frames["oracle"], params,
+        teacher=tiny_model_dir, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck",
+    )
+    assert len(labelled) == 24 and len(rest) == 22
+    validate_pairs(labelled, "labelled")  # labels are all real now
+    assert metrics["strategy"] == strategy and ("acquisition" in metrics) == (strategy != "random")
+    assert metrics["mean_score_picked"] >= metrics["mean_score_pool"]
+
+
+def test_oracle_labels_never_reach_unlabelled_output(tmp_path, tiny_model_dir):
+    frames, _ = prepare(make_pairs(40), make_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
+    params = ActiveSelectParams(strategy="random", budget=5, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
+    _, rest, _ = active_select(frames["seed"], frames["pool"], frames["oracle"], params,
+                               teacher=tiny_model_dir, max_length=32, seed=0, checkpoint_dir=tmp_path)
+    path = tmp_path / "rest.parquet"
+    rest.to_parquet(path)
+    assert (read_pairs(path, allow_unlabelled=True)["label"] == -1).all()
