@@ -1,0 +1,59 @@
+import math
+
+import numpy as np
+import pytest
+
+from conftest import make_pairs
+from stages._io import validate_pairs
+from stages._models import load_model, load_pretrained_classifier, save_model
+from stages._params import DistillParams, EvaluateParams, QuantizeParams
+from stages.distill import distill, transfer_set
+from stages.evaluate import evaluate, quality, report_markdown
+from stages.quantize import quantize
+
+
+def test_quality_metrics_on_known_logits():
+    logits = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [5.0, 0, 0]], dtype=np.float32)
+    labels = np.array([0, 1, 2, 1])
+    q = quality(logits, labels)
+    assert q["accuracy"] == pytest.approx(0.75)
+    assert q["perplexity"] == pytest.approx(math.exp(q["cross_entropy"]))
+    assert 0 < q["macro_f1"] < 1
+
+
+def test_transfer_set_adds_unlabelled_rows_for_kd_only(pairs):
+    pool = pairs.assign(label=-1).iloc[:10]
+    data = transfer_set(pairs, pool, size=4, seed=0)
+    assert len(data) == len(pairs) + 4
+    assert (data.iloc[len(pairs):]["label"] == -1).all()
+    assert len(transfer_set(pairs, pool, size=0, seed=0)) == len(pairs) + 10
+
+
+def test_distill_moves_student_towards_teacher(tiny_model_dir, pairs, tmp_path):
+    teacher, tok = load_pretrained_classifier(tiny_model_dir)
+    student, _ = load_pretrained_classifier(tiny_model_dir)
+    params = DistillParams(epochs=1, batch_size=8, max_steps=6, learning_rate=1e-3, transfer_size=0, alpha=1.0, temperature=2.0)
+    data = transfer_set(pairs, pairs.assign(label=-1), 0, 0)
+    metrics = distill(student, tok, teacher, data, params, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck")
+    assert metrics["train_steps"] == 6 and metrics["transfer_rows"] == len(pairs)
+    assert metrics["alpha"] == 1.0
+
+
+def test_evaluate_reports_every_model_against_the_teacher(tiny_model_dir, tmp_path):
+    model, tok = load_pretrained_classifier(tiny_model_dir)
+    save_model(model, tok, tmp_path / "teacher", {"stage": "fine_tune"})
+    quantized, _ = quantize(model, QuantizeParams())
+    save_model(quantized, tok, tmp_path / "quantized", {"stage": "quantize", "quantization": "dynamic_int8"})
+    models = {name: (*load_model(tmp_path / name), tmp_path / name) for name in ("teacher", "quantized")}
+    validation = validate_pairs(make_pairs(40), "validation")
+    results = evaluate(models, validation, EvaluateParams(latency_repeats=3), max_length=32, seed=0)
+    assert list(results) == ["teacher", "quantized"]
+    for r in results.values():
+        for key in ("accuracy", "macro_f1", "cross_entropy", "perplexity", "size_mb", "params", "latency_ms_b32", "throughput_pairs_per_s"):
+            assert r[key] >= 0, key
+    assert results["teacher"]["size_ratio"] == 1 and results["teacher"]["speedup"] == 1
+    assert results["quantized"]["size_ratio"] > 1  # int8 weights are smaller on disk
+    # Same weights quantized: predictions agree on most pairs.
+    assert abs(results["quantized"]["accuracy_delta_pts"]) <= 20
+    table = report_markdown(results, validation_rows=40, threads=1)
+    assert "| teacher |" in table and "| quantized |" in table

