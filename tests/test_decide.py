@@ -1,0 +1,57 @@
+"""The controller's decision function as a table of cases."""
+
+import pytest
+
+from pipeline.decide import Knobs, State, Targets, decide, first_stage, objective
+
+TARGETS = Targets(max_accuracy_drop_pts=1.0, min_size_ratio=3.0, min_speedup=1.5, max_labelled_fraction=0.5)
+KNOBS = Knobs(prune_ratio=0.3, selection_budget=1000, augment_fraction=0.25)
+
+
+def deployed(delta=-0.5, size=4.0, speed=2.0, ce=0.8):
+    return {"accuracy_delta_pts": delta, "size_ratio": size, "speedup": speed, "cross_entropy": ce}
+
+
+CASES = [
+    # name, metrics, labelled fraction, knobs, state, expected changes, stop, first stage, reason fragment
+    ("targets met", deployed(), 0.3, KNOBS, State(), {}, True, None, "all targets met"),
+    ("accuracy drop eases pruning", deployed(delta=-2.5), 0.3, KNOBS, State(), {"prune.ratio": 0.2}, False, "prune", "accuracy drop 2.50"),
+    ("too big raises pruning", deployed(size=2.0), 0.3, KNOBS, State(), {"prune.ratio": 0.4}, False, "prune", "size below target"),
+    ("too slow raises pruning", deployed(speed=1.1), 0.3, KNOBS, State(), {"prune.ratio": 0.4}, False, "prune", "latency below target"),
+    ("too many labels cuts the budget", deployed(), 0.7, KNOBS, State(),
+     {"active_select.budget": 800, "augment.fraction": 0.5}, False, "active_select", "labelled fraction 0.70"),
+    ("data and size: most upstream stage wins", deployed(size=2.0), 0.7, KNOBS, State(),
+     {"prune.ratio": 0.4, "active_select.budget": 800, "augment.fraction": 0.5}, False, "active_select", "budget 1000 -> 800"),
+    ("bound reached", deployed(size=2.0), 0.3, KNOBS, State(iteration=3, max_iterations=3), {}, True, None, "max_iterations=3"),
+    ("no improvement stops", deployed(size=2.0, ce=0.9), 0.3, KNOBS, State(iteration=1, best=(0.8, 0.3, 2.0)), {}, True, None, "did not improve"),
+    ("knob at its bound stops", deployed(size=2.0), 0.3, Knobs(prune_ratio=0.8, selection_budget=10, augment_fraction=0.2), State(), {}, True, None, "bound"),
+    ("pruning cannot go below zero", deployed(delta=-3.0), 0.3, Knobs(prune_ratio=0.0, selection_budget=10, augment_fraction=0.2), State(), {}, True, None, "bound"),
+]
+
+
+@pytest.mark.parametrize("name, metrics, fraction, knobs, state, changes, stop, stage, reason", CASES, ids=[c[0] for c in CASES])
+def test_decide(name, metrics, fraction, knobs, state, changes, stop, stage, reason):
+    decision = decide(metrics, fraction, knobs, TARGETS, state)
+    assert decision.changes == changes
+    assert decision.stop is stop
+    assert decision.first_stage == stage
+    assert reason in decision.reason
+
+
+def test_lambdas_move_with_pressure():
+    eased = decide(deployed(delta=-2.5), 0.3, KNOBS, TARGETS, State(lambda2=1.0))
+    assert eased.lambda2 < 1.0
+    pressed = decide(deployed(size=2.0), 0.7, KNOBS, TARGETS, State(lambda1=1.0, lambda2=1.0))
+    assert pressed.lambda1 > 1.0 and pressed.lambda2 > 1.0
+
+
+def test_objective_and_improvement_is_compared_under_current_lambdas():
+    assert objective(0.8, 0.5, 4.0, 1.0, 2.0) == pytest.approx(0.8 + 0.5 + 0.5)
+    # Better cross-entropy than the best run: keeps going.
+    better = decide(deployed(size=2.0, ce=0.5), 0.3, KNOBS, TARGETS, State(iteration=1, best=(0.8, 0.3, 2.0)))
+    assert not better.stop
+
+
+def test_first_stage_follows_the_dag():
+    assert first_stage({"distill.alpha": 0.2, "prune.ratio": 0.1}) == "prune"
+    assert first_stage({}) is None

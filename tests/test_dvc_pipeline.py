@@ -1,0 +1,114 @@
+"""The DVC pipeline end to end on the tiny profile, in a scratch copy of the repository.
+
+Checks DVC's contract with the stages: a full `dvc repro`, a second one that skips everything, a
+params change that reruns exactly the downstream stages, and a failed stage that DVC does not
+record as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import build_tiny_bert, make_pairs
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "active_select", "augment", "back_translate", "fine_tune", "prune", "distill", "quantize", "evaluate"]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([a-z_]+)'", output)
+
+
+def _set_param(repo: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    repo = root / "repo"
+    repo.mkdir()
+    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml"):
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / item)
+    data = root / "mnli"
+    data.mkdir()
+    make_pairs(120).to_parquet(data / "train.parquet")
+    make_pairs(40, seed=1).to_parquet(data / "validation_matched.parquet")
+    model = build_tiny_bert(root / "tiny-bert")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["data"]["local_dir"] = str(data)
+    params["model"]["teacher"] = model
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["dvc", "config", "core.analytics", "false"], repo)
+    return repo
+
+
+def test_repro_runs_every_stage_then_skips_them_all(tiny_repo):
+    first = _run(["dvc", "repro"], tiny_repo)
+    assert _ran(first.stdout) == STAGES
+    report = json.loads((tiny_repo / "metrics" / "evaluate.json").read_text())
+    assert set(report["models"]) == {"teacher", "pruned", "distilled", "quantized"}
+    assert report["models"]["pruned"]["params"] < report["models"]["teacher"]["params"]
+    assert (tiny_repo / "reports" / "report.md").read_text().count("|") > 20
+    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+
+    second = _run(["dvc", "repro"], tiny_repo)
+    assert _ran(second.stdout) == []
+    assert "didn't change" in second.stdout or "Data and pipelines are up to date" in second.stdout
+    _run(["git", "add", "-A"], tiny_repo)
+    _run(["git", "commit", "-qm", "tiny run"], tiny_repo)
+
+
+def test_params_change_reruns_only_downstream_stages(tiny_repo):
+    result = _run(["dvc", "exp", "run", "-S", "prune.ratio=0.5"], tiny_repo)
+    assert _ran(result.stdout) == ["prune", "distill", "quantize", "evaluate"]
+    shown = _run(["dvc", "exp", "show", "--json"], tiny_repo).stdout
+    assert "0.5" in shown
+    diff = _run(["dvc", "params", "diff", "--json"], tiny_repo).stdout
+    assert json.loads(diff)["params.yaml"]["prune.ratio"]["new"] == 0.5
+    metrics = _run(["dvc", "metrics", "diff", "--json"], tiny_repo).stdout
+    assert "metrics/prune.json" in json.loads(metrics)
+
+
+def test_failed_stage_is_not_recorded(tiny_repo):
+    lock_before = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]["augment"]
+    _set_param(tiny_repo, "augment", "rate", 2.0)  # invalid: must be <= 1
+    result = _run(["dvc", "repro"], tiny_repo, check=False)
+    assert result.returncode != 0
+    assert "augment.rate" in result.stdout + result.stderr
+    assert yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]["augment"] == lock_before
+    status = _run(["dvc", "status", "augment"], tiny_repo).stdout
+    assert "changed" in status
+    _set_param(tiny_repo, "augment", "rate", 0.15)
