@@ -59,6 +59,7 @@ class Decision:
     stop: bool
     objective: float
     first_stage: str | None = None
+    improved: bool = True  # better than the best accepted iteration (or the first one)
     lambda1: float = 1.0
     lambda2: float = 1.0
     misses: list[str] = field(default_factory=list)
@@ -100,11 +101,12 @@ def decide(deployed: dict, labelled_fraction: float, knobs: Knobs, targets: Targ
     j = objective(deployed["cross_entropy"], labelled_fraction, deployed["size_ratio"], state.lambda1, state.lambda2)
     best_j = objective(*state.best, state.lambda1, state.lambda2) if state.best else None
     misses = target_misses(deployed, labelled_fraction, targets)
-    base = {"objective": round(j, 4), "misses": misses, "lambda1": state.lambda1, "lambda2": state.lambda2}
+    improved = best_j is None or j <= best_j - state.tolerance
+    base = {"objective": round(j, 4), "misses": misses, "lambda1": state.lambda1, "lambda2": state.lambda2, "improved": improved}
 
     if not misses:
         return Decision({}, "all targets met", True, **base)
-    if best_j is not None and j > best_j - state.tolerance:
+    if not improved:
         return Decision({}, f"objective {j:.4f} did not improve on the best run's {best_j:.4f}; stopping", True, **base)
     if state.iteration >= state.max_iterations:
         return Decision({}, f"reached max_iterations={state.max_iterations} with targets missed: {', '.join(misses)}", True, **base)
