@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 
 def run(main: Callable[[], None]) -> None:
-    from stages._io import DataError
+    from stages._io import DataError, MissingPackageError
     from stages._models import ModelError
     from stages._params import ParamsError
 
     try:
         main()
-    except (DataError, ModelError, ParamsError) as err:
+    except (DataError, MissingPackageError, ModelError, ParamsError) as err:
         stage = main.__module__.rsplit(".", 1)[-1]
         print(f"{stage}: error: {err}", file=sys.stderr)
         sys.exit(2)

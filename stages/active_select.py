@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages._inference import predict_logits, softmax
 from stages._cli import run
+from stages._inference import predict_logits, softmax
 from stages._io import DataError, read_pairs, write_metrics, write_pairs
 from stages._models import load_pretrained_classifier
 from stages._params import ActiveSelectParams, load_params

@@ -12,8 +12,8 @@ import time
 
 import pandas as pd
 
-from stages._inference import predict_logits
 from stages._cli import run
+from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, load_pretrained_classifier, read_sec_info, save_model
 from stages._params import DistillParams, load_params

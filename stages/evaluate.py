@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score
 
-from stages._inference import predict_logits, tokenize_pairs
 from stages._cli import run
+from stages._inference import predict_logits, tokenize_pairs
 from stages._io import atomic_path, read_pairs, write_json, write_metrics
 from stages._models import load_model, weights_size_mb
 from stages._params import EvaluateParams, load_params
@@ -32,7 +32,7 @@ REFERENCE = "teacher"
 def quality(logits: np.ndarray, labels: np.ndarray) -> dict:
     """logits (n, 3), labels (n,) -> accuracy, macro-F1, cross-entropy, perplexity."""
     log_probs = torch.log_softmax(torch.from_numpy(logits), dim=-1)
-    ce = float(torch.nn.functional.nll_loss(log_probs, torch.from_numpy(labels)).item())
+    ce = float(torch.nn.functional.nll_loss(log_probs, torch.tensor(labels, dtype=torch.long)).item())
     predictions = logits.argmax(axis=1)
     return {
         "accuracy": float((predictions == labels).mean()),
@@ -82,7 +82,7 @@ def evaluate(models: dict, validation: pd.DataFrame, params: EvaluateParams, *, 
 
     ref = results.get(REFERENCE)
     if ref:
-        for name, r in results.items():
+        for r in results.values():
             r["accuracy_delta_pts"] = round((r["accuracy"] - ref["accuracy"]) * 100, 2)
             r["size_ratio"] = round(ref["size_mb"] / r["size_mb"], 3)
             r["speedup"] = round(ref["latency_ms_b32"] / r["latency_ms_b32"], 3)

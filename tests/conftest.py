@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -77,3 +84,43 @@ def pairs() -> pd.DataFrame:
     from stages._io import validate_pairs
 
     return validate_pairs(make_pairs(60), "pairs")
+
+
+def run_cmd(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a project command (dvc, git) the way the scripts do: the venv first on PATH, offline."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def make_tiny_repo(root: Path) -> Path:
+    """A scratch git + DVC repository with this project's pipeline on the tiny profile."""
+    repo = root / "repo"
+    repo.mkdir()
+    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml"):
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / item)
+    data = root / "mnli"
+    data.mkdir()
+    make_pairs(120).to_parquet(data / "train.parquet")
+    make_pairs(40, seed=1).to_parquet(data / "validation_matched.parquet")
+    model = build_tiny_bert(root / "tiny-bert")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["data"]["local_dir"] = str(data)
+    params["model"]["teacher"] = model
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_cmd(["git", "init", "-q"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    run_cmd(["dvc", "config", "core.analytics", "false"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "tiny pipeline"], repo)
+    return repo

@@ -8,33 +8,19 @@ record as done.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import build_tiny_bert, make_pairs
+from conftest import make_tiny_repo
+from conftest import run_cmd as _run
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "active_select", "augment", "back_translate", "fine_tune", "prune", "distill", "quantize", "evaluate"]
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 def _ran(output: str) -> list[str]:
@@ -49,29 +35,7 @@ def _set_param(repo: Path, section: str, key: str, value) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    repo = root / "repo"
-    repo.mkdir()
-    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml"):
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / item)
-    data = root / "mnli"
-    data.mkdir()
-    make_pairs(120).to_parquet(data / "train.parquet")
-    make_pairs(40, seed=1).to_parquet(data / "validation_matched.parquet")
-    model = build_tiny_bert(root / "tiny-bert")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["profile"] = "tiny"
-    params["data"]["local_dir"] = str(data)
-    params["model"]["teacher"] = model
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["dvc", "config", "core.analytics", "false"], repo)
-    return repo
+    return make_tiny_repo(tmp_path_factory.mktemp("pipeline"))
 
 
 def test_repro_runs_every_stage_then_skips_them_all(tiny_repo):
