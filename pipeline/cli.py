@@ -1,9 +1,63 @@
-"""`sec`: the project's command line (predict now; the Prefect commands join it)."""
+"""`sec`: the project's command line: predict, and the Prefect server, worker, deployments and flows."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+
+WORK_POOL = "sec-gpu"
+
+
+def prefect_env() -> dict[str, str]:
+    """Telemetry off, and a project-local Prefect home unless one is set."""
+    env = dict(os.environ)
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("PREFECT_HOME", os.path.abspath(".cache/prefect"))
+    # prefect.yaml's pull step runs flows in this checkout.
+    env.setdefault("SEC_REPO_DIR", os.getcwd())
+    return env
+
+
+def _prefect(*args: str) -> int:
+    return subprocess.call([os.path.join(os.path.dirname(sys.executable), "prefect"), *args], env=prefect_env())
+
+
+def _server(args) -> int:
+    print(f"Prefect UI: http://127.0.0.1:{args.port}  (set PREFECT_API_URL=http://127.0.0.1:{args.port}/api for clients)")
+    return _prefect("server", "start", "--host", "127.0.0.1", "--port", str(args.port))
+
+
+def _worker(args) -> int:
+    # The pool is created on first use; a process pool runs flows in this checkout.
+    _prefect("work-pool", "create", args.pool, "--type", "process")
+    if args.gpu_limit:
+        _prefect("gcl", "create", args.gpu_limit, "--limit", "1")
+    return _prefect("worker", "start", "--pool", args.pool, "--type", "process")
+
+
+def _deploy(args) -> int:
+    return _prefect("deploy", "--all")
+
+
+def _pipeline(args) -> int:
+    from pipeline.flows import sec_pipeline
+
+    overrides = json.loads(args.set) if args.set else {}
+    sec_pipeline(overrides=overrides, profile=args.profile)
+    return 0
+
+
+def _controller(args) -> int:
+    from pipeline.controller import sec_controller
+
+    for record in sec_controller(max_iterations=args.max_iterations):
+        print(f"iteration {record['iteration']}: {record['reason']}")
+    return 0
 
 
 def _predict(args) -> int:
@@ -24,6 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("server", help="start a local Prefect server and UI on 127.0.0.1 (telemetry off)")
+    p.add_argument("--port", type=int, default=4200)
+    p.set_defaults(func=_server)
+
+    p = sub.add_parser("worker", help="start a Prefect worker on the work pool (one per GPU host)")
+    p.add_argument("--pool", default=WORK_POOL)
+    p.add_argument("--gpu-limit", default=os.environ.get("SEC_GPU_LIMIT"), help="global concurrency limit to create, e.g. gpu-0")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("deploy", help="register the deployments in prefect.yaml")
+    p.set_defaults(func=_deploy)
+
+    p = sub.add_parser("pipeline", help="run the pipeline flow here (one task run per DVC stage)")
+    p.add_argument("--profile", choices=["cpu", "gpu", "tiny"], default=None)
+    p.add_argument("--set", default=None, help='JSON of dotted params overrides, e.g. \'{"prune.ratio": 0.5}\'')
+    p.set_defaults(func=_pipeline)
+
+    p = sub.add_parser("controller", help="run the synergy controller flow here")
+    p.add_argument("--max-iterations", type=int, default=None)
+    p.set_defaults(func=_controller)
     return parser
 
 

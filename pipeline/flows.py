@@ -24,6 +24,17 @@ from pipeline.decide import STAGE_ORDER
 from stages._params import parse_params
 
 LOCK_MARKERS = ("Unable to acquire lock", "is busy")
+# Stages that put a model on the accelerator when there is one.
+GPU_STAGES = {"active_select", "fine_tune", "prune", "distill", "evaluate"}
+
+
+def gpu_limit_name() -> str | None:
+    """The global concurrency limit GPU stages take a slot of (env SEC_GPU_LIMIT, e.g. "gpu-0").
+
+    One limit per GPU with limit 1 means two GPU stages never share a device; set the limit higher
+    to share on purpose. Unset (laptops, CI), no slot is taken.
+    """
+    return os.environ.get("SEC_GPU_LIMIT") or None
 
 
 class DvcCommandError(RuntimeError):
@@ -73,7 +84,16 @@ def retry_only_when_dvc_is_locked(task, task_run, state) -> bool:
 def run_stage(stage: str, repo: str = ".") -> str:
     """One DVC stage; DVC skips it when its deps, params and outs are unchanged."""
     logger = get_run_logger()
-    output = run_streaming(["dvc", "repro", "--single-item", stage], repo, logger.info)
+    cmd = ["dvc", "repro", "--single-item", stage]
+    limit = gpu_limit_name() if stage in GPU_STAGES else None
+    if limit:
+        from prefect.concurrency.sync import concurrency
+
+        logger.info("waiting for a slot of the GPU concurrency limit %r", limit)
+        with concurrency(limit, occupy=1, strict=True):
+            output = run_streaming(cmd, repo, logger.info)
+    else:
+        output = run_streaming(cmd, repo, logger.info)
     skipped = "didn't change, skipping" in output
     logger.info("stage %s %s", stage, "was up to date (skipped by DVC)" if skipped else "ran")
     return "skipped" if skipped else "ran"
