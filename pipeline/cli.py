@@ -36,7 +36,7 @@ def _worker(args) -> int:
     # The pool is created on first use; a process pool runs flows in this checkout.
     _prefect("work-pool", "create", args.pool, "--type", "process")
     if args.gpu_limit:
-        _prefect("gcl", "create", args.gpu_limit, "--limit", "1")
+        _prefect("global-concurrency-limit", "create", args.gpu_limit, "--limit", "1")
     return _prefect("worker", "start", "--pool", args.pool, "--type", "process")
 
 

