@@ -61,7 +61,8 @@ def labelled_fraction(repo: str | Path) -> float:
 def current_knobs(repo: str | Path) -> Knobs:
     params = load_params(Path(repo) / "params.yaml")
     return Knobs(prune_ratio=params.prune.ratio, selection_budget=params.active_select.budget,
-                 augment_fraction=params.augment.fraction)
+                 augment_fraction=params.augment.fraction, sparsity_weight=params.fine_tune.sparsity_weight,
+                 augment_weight=params.augment.weight, backtranslate_weight=params.back_translate.weight)
 
 
 @task(name="dvc-exp-run", cache_policy=NO_CACHE)

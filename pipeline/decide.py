@@ -33,6 +33,11 @@ class Knobs:
     prune_ratio: float
     selection_budget: int
     augment_fraction: float
+    # λ2 inside training (fine_tune.sparsity_weight) and λ1 inside training (loss weight of
+    # augmented / back-translated rows against gold ones). A sparsity weight of 0 stays off.
+    sparsity_weight: float = 0.0
+    augment_weight: float = 1.0
+    backtranslate_weight: float = 1.0
     prune_step: float = 0.1
     prune_max: float = 0.8
     budget_step: float = 0.2  # relative change of the selection budget
@@ -117,6 +122,8 @@ def decide(deployed: dict, labelled_fraction: float, knobs: Knobs, targets: Targ
     if "accuracy" in misses:
         # Compression went too far: ease λ2 and give the pruned model back some capacity.
         lambda2 = round(lambda2 * 0.5, 4)
+        if knobs.sparsity_weight > 0:
+            changes["fine_tune.sparsity_weight"] = round(knobs.sparsity_weight * 0.5, 8)
         new_ratio = round(max(0.0, knobs.prune_ratio - knobs.prune_step), 4)
         if new_ratio != knobs.prune_ratio:
             changes["prune.ratio"] = new_ratio
@@ -124,6 +131,8 @@ def decide(deployed: dict, labelled_fraction: float, knobs: Knobs, targets: Targ
     elif "size" in misses or "latency" in misses:
         # Accuracy has room: raise compression pressure.
         lambda2 = round(lambda2 * 1.5, 4)
+        if knobs.sparsity_weight > 0:
+            changes["fine_tune.sparsity_weight"] = round(knobs.sparsity_weight * 1.5, 8)
         new_ratio = round(min(knobs.prune_max, knobs.prune_ratio + knobs.prune_step), 4)
         if new_ratio != knobs.prune_ratio:
             changes["prune.ratio"] = new_ratio
@@ -135,6 +144,10 @@ def decide(deployed: dict, labelled_fraction: float, knobs: Knobs, targets: Targ
         new_budget = max(knobs.budget_min, int(knobs.selection_budget * (1 - knobs.budget_step)))
         changes["active_select.budget"] = new_budget
         changes["augment.fraction"] = round(min(1.0, knobs.augment_fraction + knobs.augment_step), 4)
+        # Fewer gold labels: synthetic rows may count for more, never more than a gold row.
+        for key, weight in (("augment.weight", knobs.augment_weight), ("back_translate.weight", knobs.backtranslate_weight)):
+            if weight < 1.0:
+                changes[key] = round(min(1.0, weight * 1.5), 4)
         reasons.append(f"labelled fraction {labelled_fraction:.2f} > {targets.max_labelled_fraction}: budget {knobs.selection_budget} -> {new_budget}, more augmentation")
     if not changes:
         return Decision({}, f"targets missed ({', '.join(misses)}) but every knob is at its bound", True, **base)

@@ -76,7 +76,9 @@ class TrainParams(_Section):
 
 
 class FineTuneParams(TrainParams):
-    pass
+    # λ2 inside training: weight of the group-lasso penalty on the heads and FFN channels that
+    # pruning removes (stages._pruning.group_norms), so pruning them later costs less. 0 = off.
+    sparsity_weight: float = Field(default=0.0, ge=0)
 
 
 class PruneParams(_Section):

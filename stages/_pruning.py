@@ -351,3 +351,35 @@ def _check_compatible(model: PreTrainedModel, arch: dict) -> None:
     found = {**{k: arch.get(k) for k in expected}, "layers": len(arch.get("layers", []))}
     if found != expected:
         raise ValueError(f"architecture {found} does not fit this model's config {expected}")
+
+
+def group_norms(model: PreTrainedModel) -> torch.Tensor:
+    """L2 norm of every group structured pruning can remove: each head and each FFN channel.
+
+    A head's group is its rows of Q, K and V (+ biases) and its columns of the attention output;
+    an FFN channel's is its row of the intermediate Linear (+ bias) and its column of the output
+    Linear. Returns a 1-d tensor (total heads + total channels). Group lasso on these (their mean,
+    weighted by λ2 during fine-tuning) drives whole groups towards zero, so removing them later
+    costs less accuracy.
+    """
+    layout = _layout(model)
+    norms = []
+    for layer in _layers(model):
+        attention = layer.get_submodule(layout.attention)
+        head_size = attention.attention_head_size
+        heads = attention.num_attention_heads
+        sq = torch.zeros(heads, device=next(layer.parameters()).device)
+        for path in layout.qkv:
+            linear = layer.get_submodule(f"{layout.attention}.{path}")
+            sq = sq + linear.weight.pow(2).view(heads, head_size, -1).sum(dim=(1, 2))  # (heads,)
+            if linear.bias is not None:
+                sq = sq + linear.bias.pow(2).view(heads, head_size).sum(dim=1)
+        out = layer.get_submodule(layout.attention_out).weight  # (hidden, heads * head_size)
+        sq = sq + out.pow(2).view(out.shape[0], heads, head_size).sum(dim=(0, 2))
+        norms.append(sq.sqrt())
+        inter = layer.get_submodule(layout.intermediate)  # (intermediate, hidden)
+        ffn_sq = inter.weight.pow(2).sum(dim=1) + layer.get_submodule(layout.output).weight.pow(2).sum(dim=0)
+        if inter.bias is not None:
+            ffn_sq = ffn_sq + inter.bias.pow(2)
+        norms.append(ffn_sq.sqrt())
+    return torch.cat(norms)

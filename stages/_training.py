@@ -39,6 +39,8 @@ class TrainConfig:
     # Knowledge distillation; alpha 0 means plain (weighted) cross-entropy.
     alpha: float = 0.0
     temperature: float = 1.0
+    # Group-lasso weight on prunable groups (heads, FFN channels); 0 = plain loss.
+    sparsity_weight: float = 0.0
 
 
 def train_config(params, *, seed: int, max_length: int, alpha: float = 0.0, temperature: float = 1.0) -> TrainConfig:
@@ -55,6 +57,7 @@ def train_config(params, *, seed: int, max_length: int, alpha: float = 0.0, temp
         max_length=max_length,
         alpha=alpha,
         temperature=temperature,
+        sparsity_weight=getattr(params, "sparsity_weight", 0.0),
     )
 
 
@@ -112,10 +115,11 @@ def sec_loss(
 
 
 class SecTrainer(Trainer):
-    def __init__(self, *args, alpha: float = 0.0, temperature: float = 1.0, **kwargs):
+    def __init__(self, *args, alpha: float = 0.0, temperature: float = 1.0, sparsity_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha = alpha
         self.temperature = temperature
+        self.sparsity_weight = sparsity_weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -123,6 +127,10 @@ class SecTrainer(Trainer):
         teacher_logits = inputs.pop("teacher_logits", None)
         outputs = model(**inputs)
         loss = sec_loss(outputs.logits, labels, weight, teacher_logits, self.alpha, self.temperature)
+        if self.sparsity_weight > 0:
+            from stages._pruning import group_norms
+
+            loss = loss + self.sparsity_weight * group_norms(model).mean()
         return (loss, outputs) if return_outputs else loss
 
 
@@ -192,6 +200,7 @@ def train(
         callbacks=callbacks,
         alpha=cfg.alpha,
         temperature=cfg.temperature,
+        sparsity_weight=cfg.sparsity_weight,
     )
     result = trainer.train(resume_from_checkpoint=last)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)

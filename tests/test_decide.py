@@ -52,6 +52,18 @@ def test_objective_and_improvement_is_compared_under_current_lambdas():
     assert not better.stop
 
 
+def test_lambdas_act_inside_training_when_enabled():
+    knobs = Knobs(prune_ratio=0.3, selection_budget=1000, augment_fraction=0.25, sparsity_weight=0.01,
+                  augment_weight=0.5, backtranslate_weight=0.5)
+    pressed = decide(deployed(size=2.0), 0.7, knobs, TARGETS, State())
+    assert pressed.changes["fine_tune.sparsity_weight"] == 0.015  # more group lasso while fine-tuning
+    assert pressed.changes["augment.weight"] == 0.75 and pressed.changes["back_translate.weight"] == 0.75
+    assert pressed.first_stage == "active_select"
+    eased = decide(deployed(delta=-2.0), 0.3, knobs, TARGETS, State())
+    assert eased.changes == {"fine_tune.sparsity_weight": 0.005, "prune.ratio": 0.2}
+    assert eased.first_stage == "fine_tune"
+
+
 def test_first_stage_follows_the_dag():
     assert first_stage({"distill.alpha": 0.2, "prune.ratio": 0.1}) == "prune"
     assert first_stage({}) is None

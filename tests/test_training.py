@@ -58,3 +58,17 @@ def test_training_changes_weights_and_logs_curves(tiny_model_dir, pairs, tmp_pat
     assert metrics["train_steps"] == 4 and np.isfinite(metrics["train_loss"])
     assert not torch.equal(before, model.classifier.weight)
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+
+def test_sparsity_penalty_shrinks_prunable_groups(tiny_model_dir, pairs, tmp_path):
+    from stages._pruning import group_norms
+
+    def trained(sparsity_weight: float):
+        torch.manual_seed(0)
+        model, tok = load_pretrained_classifier(tiny_model_dir)
+        cfg = TrainConfig(epochs=1, batch_size=8, max_steps=6, save_steps=6, max_length=32,
+                          learning_rate=1e-2, sparsity_weight=sparsity_weight)
+        train(model, tok, pairs, cfg, checkpoint_dir=tmp_path / f"c{sparsity_weight}")
+        return group_norms(model).mean().item()
+
+    assert trained(1.0) < trained(0.0)
