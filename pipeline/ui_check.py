@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=".")
     parser.add_argument("--out", default="reports/ui")
+    parser.add_argument("--timeout", type=float, default=2400, help="seconds to wait for the flow run")
     args = parser.parse_args(argv)
-    summary = check(Path(args.repo), Path(args.out))
+    summary = check(Path(args.repo), Path(args.out), timeout=args.timeout)
     problems = failures(summary)
     print(json.dumps({**summary, "problems": problems}, indent=2))
     return 1 if problems else 0
