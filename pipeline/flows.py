@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -53,17 +55,32 @@ def project_env() -> dict[str, str]:
     return env
 
 
+PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar
+PROGRESS_EVERY_S = 15.0
+
+
 def run_streaming(cmd: list[str], cwd: str | Path, log) -> str:
-    """Run `cmd`, forward each output line to `log`, return the output; raise DvcCommandError."""
+    """Run `cmd`, forward its output lines to `log`, return the output; raise DvcCommandError.
+
+    Progress bars are forwarded at most every PROGRESS_EVERY_S seconds (and when they reach
+    100%), so a training run shows its progress without flooding Prefect's log store.
+    """
     lines: list[str] = []
+    last_progress = 0.0
     with subprocess.Popen(cmd, cwd=cwd, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
         for raw in proc.stdout:
             # tqdm redraws with carriage returns; keep the last state of each line.
             line = raw.rstrip("\n").split("\r")[-1]
-            if line.strip():
-                lines.append(line)
-                log(line)
+            if not line.strip():
+                continue
+            if PROGRESS.search(line):
+                now = time.monotonic()
+                if now - last_progress < PROGRESS_EVERY_S and "100%|" not in line:
+                    continue
+                last_progress = now
+            lines.append(line)
+            log(line)
     if proc.returncode != 0:
         raise DvcCommandError(cmd, proc.returncode, "\n".join(lines[-30:]))
     return "\n".join(lines)
