@@ -87,7 +87,6 @@ def check(repo: Path, out: Path, timeout: float = 1500) -> dict:
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", SEC_REPO_DIR=str(repo.resolve()),
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
-    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL", "SEC_REPO_DIR")})
     prefect = str(Path(sys.executable).parent / "prefect")
     logs = out / "prefect-server.log"
     procs = []
@@ -102,9 +101,13 @@ def check(repo: Path, out: Path, timeout: float = 1500) -> dict:
         procs.append(subprocess.Popen([prefect, "worker", "start", "--pool", "sec-gpu", "--type", "process"],
                                       cwd=repo, env=env, stdout=(out / "prefect-worker.log").open("w"), stderr=subprocess.STDOUT))
         from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        flow_run = run_deployment("sec-pipeline/sec-pipeline", timeout=timeout)
-        summary = asyncio.run(inspect_run(flow_run.id))
+        # In-process clients must talk to this server even if Prefect settings were loaded
+        # earlier in the process (another server, a test harness): env vars alone are not enough.
+        with temporary_settings({PREFECT_API_URL: api}):
+            flow_run = run_deployment("sec-pipeline/sec-pipeline", timeout=timeout)
+            summary = asyncio.run(inspect_run(flow_run.id))
         png = out / "flow-run.png"
         screenshot(f"http://127.0.0.1:{port}/runs/flow-run/{flow_run.id}", png, home / "chromium")
         summary.update(screenshot=str(png), screenshot_bytes=png.stat().st_size, ui=f"http://127.0.0.1:{port}")

@@ -12,12 +12,10 @@ from pipeline.ui_check import check, chromium, failures
 pytestmark = pytest.mark.slow
 
 
-def test_deployment_runs_through_a_worker_and_the_ui_shows_it(tmp_path, monkeypatch):
+def test_deployment_runs_through_a_worker_and_the_ui_shows_it(tmp_path):
     if chromium() is None:
         pytest.fail("Chromium is not installed: scripts/test.sh installs it (apt-get install chromium)")
     repo = make_tiny_repo(tmp_path)
-    for key in ("PREFECT_API_URL", "PREFECT_HOME", "SEC_REPO_DIR"):
-        monkeypatch.setenv(key, "")  # check() sets them; monkeypatch restores the originals after
     out = tmp_path / "ui"
     summary = check(repo, out, timeout=900)
     assert failures(summary) == []
