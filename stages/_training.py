@@ -10,6 +10,7 @@ Training curves go to dvclive so `dvc plots` shows them.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 _PADDED = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -153,6 +154,29 @@ class DvcLiveCallback(TrainerCallback):
         self.live.end()
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; half-written newer ones are removed.
+
+    A kill can land while the Trainer writes checkpoint-N (weights, optimizer, RNG state, then
+    trainer_state.json last), so only a checkpoint whose trainer_state.json parses is resumable.
+    The previous one still exists then: rotation (save_total_limit) runs after a save completes.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.rsplit("-", 1)[-1].isdigit()),
+        key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+        reverse=True,
+    )
+    for candidate in candidates:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+            return candidate
+        except (OSError, ValueError):
+            shutil.rmtree(candidate, ignore_errors=True)
+    return None
+
+
 def train(
     model,
     tokenizer,
@@ -171,7 +195,7 @@ def train(
     job resumes. It is deleted after success.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    last = last_complete_checkpoint(checkpoint_dir)
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -182,7 +206,7 @@ def train(
         warmup_steps=cfg.warmup_ratio,
         save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=1,
+        save_total_limit=2,  # the previous checkpoint survives a kill during the next save
         logging_steps=max(1, min(25, cfg.save_steps)),
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -202,7 +226,7 @@ def train(
         temperature=cfg.temperature,
         sparsity_weight=cfg.sparsity_weight,
     )
-    result = trainer.train(resume_from_checkpoint=last)
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {
         "train_loss": float(result.training_loss),

@@ -72,3 +72,15 @@ def test_sparsity_penalty_shrinks_prunable_groups(tiny_model_dir, pairs, tmp_pat
         return group_norms(model).mean().item()
 
     assert trained(1.0) < trained(0.0)
+
+
+def test_half_written_checkpoint_is_skipped(tmp_path):
+    from stages._training import last_complete_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (tmp_path / "checkpoint-10").mkdir()  # killed mid-save: weights but no trainer_state.json
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_text("partial")
+    assert last_complete_checkpoint(tmp_path).name == "checkpoint-2"
+    assert not (tmp_path / "checkpoint-10").exists()
+    assert last_complete_checkpoint(tmp_path / "missing") is None
