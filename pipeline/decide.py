@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Pipeline order, so a decision can name the most upstream stage its changes invalidate.
-STAGE_ORDER = ["prepare", "active_select", "augment", "back_translate", "fine_tune", "prune", "distill", "quantize", "evaluate"]
+STAGE_ORDER = [
+    "prepare", "active_select", "augment", "back_translate", "fine_tune", "evaluate_teacher",
+    "prune", "distill", "quantize", "evaluate", "report_plots",
+]
 
 
 @dataclass(frozen=True)

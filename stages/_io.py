@@ -76,7 +76,12 @@ def _normalise_labels(df: pd.DataFrame, path: Path, allow_unlabelled: bool) -> p
 
 
 def validate_pairs(
-    df: pd.DataFrame, source: str | Path, *, require_label: bool = True, allow_unlabelled: bool = False
+    df: pd.DataFrame,
+    source: str | Path,
+    *,
+    require_label: bool = True,
+    allow_unlabelled: bool = False,
+    allow_empty: bool = False,
 ) -> pd.DataFrame:
     """Check the dataset contract; return a copy with normalised dtypes and default columns."""
     path = Path(source)
@@ -84,7 +89,7 @@ def validate_pairs(
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
-    if len(df) == 0:
+    if len(df) == 0 and not allow_empty:
         raise DataError(f"{path}: no rows")
     df = df.reset_index(drop=True).copy()
     for col in PAIR_COLUMNS:
@@ -103,11 +108,13 @@ def validate_pairs(
 
 
 def read_pairs(
-    path: str | Path, *, require_label: bool = True, allow_unlabelled: bool = False
+    path: str | Path, *, require_label: bool = True, allow_unlabelled: bool = False, allow_empty: bool = False
 ) -> pd.DataFrame:
+    """`allow_empty`: for files that are legitimately empty, e.g. the unlabelled rest of a pool
+    that the all-labels baseline labelled completely."""
     path = Path(path)
     return validate_pairs(
-        _read_any(path), path, require_label=require_label, allow_unlabelled=allow_unlabelled
+        _read_any(path), path, require_label=require_label, allow_unlabelled=allow_unlabelled, allow_empty=allow_empty
     )
 
 

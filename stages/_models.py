@@ -156,7 +156,7 @@ def load_model(directory: str | Path):
     if info.get("quantization"):
         from stages._quantization import quantize_model
 
-        model = quantize_model(model.eval(), info["quantization"])
+        model = quantize_model(model.eval(), info["quantization"], embeddings=info.get("quantized_embeddings", False))
         # Packed int8 weights are torch objects, not plain tensors: weights_only loading refuses
         # them. This file is one the pipeline itself wrote.
         state = torch.load(directory / QUANTIZED_WEIGHTS, map_location="cpu", weights_only=False)
@@ -174,6 +174,10 @@ def save_model(model, tokenizer, directory: str | Path, info: dict) -> None:
         tmp.mkdir()
         tokenizer.save_pretrained(tmp)
         if info.get("quantization"):
+            # What load_model must rebuild before loading: read off the model, not trusted to callers.
+            info = {**info, "quantized_embeddings": any(
+                type(m).__name__ == "Embedding" and type(m).__module__.startswith("torch.ao") for m in model.modules()
+            )}
             model.config.save_pretrained(tmp)
             torch.save(model.state_dict(), tmp / QUANTIZED_WEIGHTS)
         elif info.get("architecture"):

@@ -43,11 +43,17 @@ class ModelParams(_Section):
 
 
 class ActiveSelectParams(_Section):
-    strategy: Literal["entropy", "margin", "random"] = "entropy"
+    # entropy | margin: uncertainty sampling; random: the baseline at the same budget;
+    # all: every pool pair gets its label (the all-labels baseline; budget is ignored).
+    strategy: Literal["entropy", "margin", "random", "all"] = "entropy"
     budget: int = Field(ge=0)
     acquisition_epochs: float = Field(gt=0)
     batch_size: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
+    # Semi-supervised: this many unpicked pool pairs the acquisition model is surest of join the
+    # training set with its predicted label (source "pseudo"), their loss scaled by pseudo_weight.
+    pseudo_size: int = Field(default=0, ge=0)
+    pseudo_weight: float = Field(default=0.5, ge=0)
 
 
 class AugmentParams(_Section):
@@ -100,10 +106,20 @@ class DistillParams(TrainParams):
     temperature: float = Field(default=2.0, gt=0)
     # Unlabelled pool rows added as a transfer set (soft labels only); 0 = all of them.
     transfer_size: int = Field(ge=0)
+    # Encoder layers the student keeps (evenly spaced, the top one included; 0 = all of them).
+    layers: int = Field(ge=0)
+    # Weight of the hidden-state KD term: MSE between each student layer and the teacher layer it
+    # maps to (TinyBERT-style uniform mapping); 0 = logits only.
+    hidden_weight: float = Field(ge=0)
+    # Keep only the vocabulary rows the training text uses (plus every single character, so any
+    # word still splits into known pieces): the embedding table is most of a small BERT's size.
+    trim_vocab: bool = False
 
 
 class QuantizeParams(_Section):
     scheme: Literal["dynamic_int8"] = "dynamic_int8"
+    # Also store the embedding tables as int8 (per-row scale); they are most of a small model.
+    embeddings: bool = True
 
 
 class EvaluateParams(_Section):

@@ -71,10 +71,6 @@ class KeptHeadsMPNetSelfAttention(MPNetSelfAttention):
         return super().forward(hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def prune_structured(
     model: PreTrainedModel,
     ratio: float,

@@ -4,6 +4,9 @@ One Hugging Face `Trainer` subclass handles all of them, so every training stage
 resume-after-kill and progress bars the same way:
   loss = (1 - alpha) * weighted CE(gold labels)            rows with label -1 carry no CE
        +      alpha  * T^2 * KL(softmax(t/T) || softmax(s/T))   only when teacher logits are given
+       + hidden_weight * mean MSE(student hidden state j, teacher hidden state map[j])
+The hidden-state term needs the teacher itself (run alongside the student, no gradients); logits
+alone can be precomputed once instead.
 Per-row `weight` scales CE (augmented or pseudo-labelled rows can count less than gold ones).
 Training curves go to dvclive so `dvc plots` shows them.
 """
@@ -115,19 +118,58 @@ def sec_loss(
     return (1 - alpha) * ce + alpha * kd
 
 
+def hidden_state_loss(
+    student_states: tuple[torch.Tensor, ...],
+    teacher_states: tuple[torch.Tensor, ...],
+    pairs: list[tuple[int, int]],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over `pairs` of the MSE between student state s and teacher state t on real tokens.
+
+    states: (b, seq, hidden) each; attention_mask (b, seq), 1 on tokens, 0 on padding.
+    """
+    mask = attention_mask.unsqueeze(-1).to(student_states[0].dtype)  # (b, seq, 1)
+    denominator = mask.sum().clamp(min=1) * student_states[0].shape[-1]
+    losses = [(((student_states[s] - teacher_states[t]) ** 2) * mask).sum() / denominator for s, t in pairs]
+    return torch.stack(losses).mean()
+
+
 class SecTrainer(Trainer):
-    def __init__(self, *args, alpha: float = 0.0, temperature: float = 1.0, sparsity_weight: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        alpha: float = 0.0,
+        temperature: float = 1.0,
+        sparsity_weight: float = 0.0,
+        teacher=None,
+        hidden_weight: float = 0.0,
+        layer_pairs: list[tuple[int, int]] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.alpha = alpha
         self.temperature = temperature
         self.sparsity_weight = sparsity_weight
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.hidden_weight = hidden_weight
+        self.layer_pairs = layer_pairs or []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         weight = inputs.pop("weight")
         teacher_logits = inputs.pop("teacher_logits", None)
-        outputs = model(**inputs)
+        hidden = self.teacher is not None and self.hidden_weight > 0
+        outputs = model(**inputs, output_hidden_states=hidden)
+        if self.teacher is not None:
+            self.teacher.to(outputs.logits.device)
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
+            teacher_logits = teacher_out.logits
         loss = sec_loss(outputs.logits, labels, weight, teacher_logits, self.alpha, self.temperature)
+        if hidden:
+            loss = loss + self.hidden_weight * hidden_state_loss(
+                outputs.hidden_states, teacher_out.hidden_states, self.layer_pairs, inputs["attention_mask"]
+            )
         if self.sparsity_weight > 0:
             from stages._pruning import group_norms
 
@@ -186,6 +228,9 @@ def train(
     checkpoint_dir: str | Path,
     live_dir: str | Path | None = None,
     teacher_logits: np.ndarray | None = None,
+    teacher=None,
+    hidden_weight: float = 0.0,
+    layer_pairs: list[tuple[int, int]] | None = None,
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """Train in place; resume from the newest checkpoint in `checkpoint_dir` if one exists.
@@ -225,6 +270,9 @@ def train(
         alpha=cfg.alpha,
         temperature=cfg.temperature,
         sparsity_weight=cfg.sparsity_weight,
+        teacher=teacher,
+        hidden_weight=hidden_weight,
+        layer_pairs=layer_pairs,
     )
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)

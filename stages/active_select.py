@@ -2,8 +2,12 @@
 
 An acquisition model (the teacher's pretrained encoder, fine-tuned briefly on the seed set) scores
 every unlabelled pool pair; the `budget` highest-scoring pairs are "annotated" from the oracle file
-and join the seed set. `random` picks uniformly and is the baseline active selection must beat.
+and join the seed set. `random` picks uniformly and is the baseline active selection must beat;
+`all` labels the whole pool (the all-labels baseline the data target is measured against).
 The rest of the pool stays unlabelled: distillation uses it as a transfer set (soft labels only).
+With `pseudo_size` > 0 the acquisition model also pseudo-labels the unpicked pairs it is surest of
+(semi-supervised self-training); they join the labelled file as source "pseudo" with a lower
+loss weight, and do not count as labelled examples.
 """
 
 from __future__ import annotations
@@ -33,6 +37,24 @@ def uncertainty(probs: np.ndarray, strategy: str, seed: int) -> np.ndarray:
     if strategy == "random":
         return np.random.default_rng(seed).random(len(probs))
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def pseudo_label(rest: pd.DataFrame, probs: np.ndarray, size: int, weight: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `size` rows of `rest` with the most confident prediction get it as a label.
+
+    rest: unpicked pool rows, `row` = their position in the pool; probs (len(pool), 3).
+    Returns (pseudo-labelled rows, still unlabelled rows).
+    """
+    if size == 0 or len(rest) == 0:
+        return rest.iloc[:0].assign(label=pd.Series(dtype="int64"), source="pseudo"), rest
+    rest_probs = probs[rest["row"].to_numpy()]  # (len(rest), 3)
+    confidence = rest_probs.max(axis=1)
+    order = np.argsort(-confidence, kind="stable")[:size]
+    chosen = rest.iloc[order].assign(
+        label=rest_probs[order].argmax(axis=1).astype("int64"), source="pseudo", weight=weight, score=confidence[order]
+    )
+    remaining = rest.drop(index=rest.index[order]).reset_index(drop=True)
+    return chosen.reset_index(drop=True), remaining
 
 
 def pick(
@@ -66,9 +88,12 @@ def active_select(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     started = time.perf_counter()
     metrics: dict = {"strategy": params.strategy, "budget": params.budget, "pool_rows": len(pool)}
-    if params.strategy == "random":
+    probs = None
+    budget = len(pool) if params.strategy == "all" else params.budget
+    needs_model = params.strategy in ("entropy", "margin") or params.pseudo_size > 0
+    if params.strategy in ("random", "all"):
         scores = uncertainty(np.zeros((len(pool), 3)), "random", seed)
-    else:
+    if needs_model:
         model, tokenizer = load_pretrained_classifier(teacher)
         cfg = TrainConfig(
             epochs=params.acquisition_epochs,
@@ -82,11 +107,30 @@ def active_select(
             model, tokenizer, pool["premise"].tolist(), pool["hypothesis"].tolist(),
             batch_size=64, max_length=max_length, desc="score pool",
         )
-        scores = uncertainty(softmax(logits), params.strategy, seed)
-    labelled, rest = pick(seed_set, pool, oracle, scores, params.budget)
+        probs = softmax(logits)  # (len(pool), 3), row i = pool row i
+        if params.strategy in ("entropy", "margin"):
+            scores = uncertainty(probs, params.strategy, seed)
+    labelled, rest = pick(seed_set, pool, oracle, scores, budget)
     picked_scores = labelled["score"].dropna()
+    gold_rows = len(labelled)
+    if probs is not None and params.pseudo_size > 0:
+        position = pd.Series(np.arange(len(pool)), index=pool["pool_id"].to_numpy())
+        pseudo, rest = pseudo_label(
+            rest.assign(row=position.loc[rest["pool_id"]].to_numpy()), probs, params.pseudo_size, params.pseudo_weight
+        )
+        pseudo_correct = None
+        if len(pseudo):
+            truth = oracle.set_index("pool_id")["label"].loc[pseudo["pool_id"]].to_numpy()
+            # Measured, never used for training: how often a pseudo label matches the oracle's.
+            pseudo_correct = float((truth == pseudo["label"].to_numpy()).mean())
+        labelled = pd.concat([labelled, pseudo.drop(columns=["pool_id", "row"])], ignore_index=True)
+        rest = rest.drop(columns="row")
+        metrics.update(pseudo_rows=len(pseudo), pseudo_label_accuracy=pseudo_correct)
+    else:
+        metrics.update(pseudo_rows=0, pseudo_label_accuracy=None)
     metrics.update(
-        labelled_rows=len(labelled),
+        labelled_rows=gold_rows,
+        label_fraction=round(gold_rows / (len(seed_set) + len(pool)), 4),
         unlabelled_rows=len(rest),
         mean_score_picked=float(picked_scores.mean()) if len(picked_scores) else 0.0,
         mean_score_pool=float(np.mean(scores)) if len(scores) else 0.0,

@@ -1,8 +1,12 @@
-"""distill: a student learns from the teacher's soft labels and the gold labels.
+"""distill: a smaller student learns from the teacher's soft labels, hidden states and gold labels.
 
-loss = (1 - alpha) * CE(gold) + alpha * T^2 * KL(teacher_T || student_T). The transfer set is the
-labelled training data plus unlabelled pool pairs (KD term only: the teacher labels them for free).
-The student is the pruned teacher (`student: pruned`) or any pretrained model from the registry.
+loss = (1 - alpha) * CE(gold) + alpha * T^2 * KL(teacher_T || student_T)
+       + hidden_weight * MSE(student layer j, the teacher layer it was initialised from).
+The transfer set is the labelled training data plus unlabelled pool pairs (KD terms only: the
+teacher labels them for free). The student is the pruned teacher (`student: pruned`) or any
+pretrained model from the registry, cut to `layers` evenly spaced encoder layers (initialised from
+the teacher's, TinyBERT/DistilBERT-style). After training, `trim_vocab` keeps only the embedding
+rows the transfer set's text uses (stages._student), the biggest saving on a small model.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import pandas as pd
 from stages._cli import run
 from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
-from stages._models import load_model, load_pretrained_classifier, read_sec_info, save_model
+from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import DistillParams, load_params
+from stages._pruning import describe_architecture
+from stages._quantization import count_parameters
+from stages._student import evenly_spaced_layers, keep_layers, layer_map, trim_vocabulary, used_token_ids
 from stages._training import checkpoint_dir_for, train, train_config
 
 
@@ -27,20 +34,44 @@ def transfer_set(labelled: pd.DataFrame, unlabelled: pd.DataFrame, size: int, se
     return pd.concat([labelled[["premise", "hypothesis", "label", "source", "weight"]], extra], ignore_index=True)
 
 
-def distill(student, tokenizer, teacher, data: pd.DataFrame, params: DistillParams, *, max_length: int, seed: int, checkpoint_dir, live_dir=None) -> dict:
+def distill(
+    student, tokenizer, teacher, data: pd.DataFrame, params: DistillParams, *, max_length: int, seed: int, checkpoint_dir, live_dir=None
+) -> tuple[object, object, dict]:
+    """Shrink `student` (layers), train it against `teacher`, trim its vocabulary.
+
+    Returns (student, its tokenizer, metrics); the student may be a new object after trimming.
+    """
     started = time.perf_counter()
-    teacher_logits = predict_logits(
-        teacher, tokenizer, data["premise"].tolist(), data["hypothesis"].tolist(),
-        batch_size=64, max_length=max_length, desc="teacher soft labels",
-    )
+    params_start = count_parameters(student)
+    kept = evenly_spaced_layers(student.config.num_hidden_layers, params.layers)
+    keep_layers(student, kept)
     cfg = train_config(params, seed=seed, max_length=max_length, alpha=params.alpha, temperature=params.temperature)
-    metrics = train(student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir, teacher_logits=teacher_logits)
+    if params.hidden_weight > 0:
+        # Hidden states are too big to precompute: the teacher runs beside the student.
+        if teacher.config.hidden_size != student.config.hidden_size:
+            raise ValueError("distill.hidden_weight needs a student with the teacher's hidden size")
+        metrics = train(
+            student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
+            teacher=teacher, hidden_weight=params.hidden_weight, layer_pairs=layer_map(kept),
+        )
+    else:
+        teacher_logits = predict_logits(
+            teacher, tokenizer, data["premise"].tolist(), data["hypothesis"].tolist(),
+            batch_size=64, max_length=max_length, desc="teacher soft labels",
+        )
+        metrics = train(student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir, teacher_logits=teacher_logits)
+    metrics.update(layers_kept=kept, vocab_before=student.config.vocab_size)
+    if params.trim_vocab:
+        used = used_token_ids(tokenizer, data["premise"].tolist(), data["hypothesis"].tolist())
+        student, tokenizer = trim_vocabulary(student, tokenizer, used)
     metrics.update(
-        alpha=params.alpha, temperature=params.temperature,
+        vocab_after=student.config.vocab_size,
+        params_before=params_start, params_after=count_parameters(student),
+        alpha=params.alpha, temperature=params.temperature, hidden_weight=params.hidden_weight,
         transfer_rows=int((data["label"] < 0).sum()), labelled_rows=int((data["label"] >= 0).sum()),
         seconds=round(time.perf_counter() - started, 1),
     )
-    return metrics
+    return student, tokenizer, metrics
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,22 +91,25 @@ def main(argv: list[str] | None = None) -> None:
     teacher, tokenizer = load_model(args.teacher)
     if p.student == "pruned":
         student, student_tokenizer = load_model(args.pruned)
-        info = {"architecture": read_sec_info(args.pruned).get("architecture")}
     else:
         student, student_tokenizer = load_pretrained_classifier(p.student)
-        info = {}
     if student_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SystemExit(f"distill.student {p.student!r} has a different vocabulary from the teacher; "
                          "soft labels are computed per pair, so pick a student with the teacher's tokenizer")
-    data = transfer_set(read_pairs(args.train), read_pairs(args.unlabelled, allow_unlabelled=True), p.transfer_size, params.seed)
+    unlabelled = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
+    data = transfer_set(read_pairs(args.train), unlabelled, p.transfer_size, params.seed)
     job = {"distill": p.model_dump(), "seed": params.seed, "max_length": params.model.max_length}
     inputs = [args.teacher, args.train, args.unlabelled] + ([args.pruned] if p.student == "pruned" else [])
-    metrics = distill(
+    student, student_tokenizer, metrics = distill(
         student, tokenizer, teacher, data, p, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("distill", job, inputs), live_dir=args.live_dir,
     )
-    info.update(stage="distill", parent=args.pruned if p.student == "pruned" else p.student, teacher=args.teacher, params=job)
-    save_model(student, student_tokenizer, args.out, {k: v for k, v in info.items() if v is not None})
+    # Saved with the shape it now has (layers, heads, FFN widths; vocabulary in config.json).
+    info = {
+        "stage": "distill", "parent": args.pruned if p.student == "pruned" else p.student, "teacher": args.teacher,
+        "params": job, "architecture": describe_architecture(student),
+    }
+    save_model(student, student_tokenizer, args.out, info)
     write_metrics(metrics, args.metrics)
     print(f"distill: {metrics['train_steps']} steps, student {p.student}")
 

@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 
 from stages._cli import run
 from stages._inference import predict_logits, tokenize_pairs
-from stages._io import atomic_path, read_pairs, write_json, write_metrics
+from stages._io import LABEL_NAMES, atomic_path, read_pairs, write_json, write_metrics
 from stages._models import load_model, weights_size_mb
 from stages._params import EvaluateParams, load_params
 from stages._quantization import count_parameters
@@ -55,8 +55,23 @@ def time_batches(models: dict, batch: dict[str, dict], repeats: int, warmup: int
     return times
 
 
-def evaluate(models: dict, validation: pd.DataFrame, params: EvaluateParams, *, max_length: int, seed: int) -> dict:
-    """models: name -> (model, tokenizer, directory). Returns {name: metrics}, reference first."""
+def per_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Recall per gold class: what adaptive augmentation reads to find the classes missed most."""
+    predictions = logits.argmax(axis=1)
+    return {
+        LABEL_NAMES[c]: float((predictions[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+        for c in range(len(LABEL_NAMES))
+    }
+
+
+def evaluate(
+    models: dict, validation: pd.DataFrame, params: EvaluateParams, *, max_length: int, seed: int, timing: bool = True
+) -> dict:
+    """models: name -> (model, tokenizer, directory). Returns {name: metrics}, reference first.
+
+    `timing=False` measures quality, size and parameters only (the teacher-only evaluation that
+    data ablations need); latency, throughput and the ratios need every model in one process.
+    """
     labels = validation["label"].to_numpy()
     results: dict[str, dict] = {}
     for name, (model, tokenizer, directory) in models.items():
@@ -65,8 +80,11 @@ def evaluate(models: dict, validation: pd.DataFrame, params: EvaluateParams, *, 
             batch_size=params.batch_size, max_length=max_length, desc=f"evaluate {name}",
         )
         results[name] = quality(logits, labels)
+        results[name]["class_accuracy"] = per_class_accuracy(logits, labels)
         results[name]["size_mb"] = round(weights_size_mb(directory), 3)
         results[name]["params"] = count_parameters(model)
+    if not timing:
+        return results
 
     # One fixed batch (a random sample of validation pairs) timed for every model.
     sample = validation.sample(n=min(params.batch_size, len(validation)), random_state=seed)
@@ -124,9 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                         help="a model to evaluate; the one named 'teacher' is the reference")
     parser.add_argument("--metrics", required=True)
-    parser.add_argument("--plots", required=True, help="JSON rows for the accuracy/size/latency plots")
-    parser.add_argument("--report", required=True, help="markdown report to write")
+    parser.add_argument("--plots", help="JSON rows for the accuracy/size/latency plots")
+    parser.add_argument("--report", help="markdown report to write")
+    parser.add_argument("--quality-only", action="store_true",
+                        help="accuracy, F1, perplexity, size and parameters only; no latency or ratios")
     args = parser.parse_args(argv)
+    if not args.quality_only and not (args.plots and args.report):
+        parser.error("--plots and --report are required unless --quality-only")
 
     params = load_params(args.params)
     validation = read_pairs(args.validation)
@@ -135,7 +157,14 @@ def main(argv: list[str] | None = None) -> None:
         name, _, directory = spec.partition("=")
         model, tokenizer = load_model(directory)
         models[name] = (model, tokenizer, Path(directory))
-    results = evaluate(models, validation, params.evaluate, max_length=params.model.max_length, seed=params.seed)
+    results = evaluate(
+        models, validation, params.evaluate, max_length=params.model.max_length, seed=params.seed, timing=not args.quality_only
+    )
+    if args.quality_only:
+        write_metrics({"models": results, "validation_rows": len(validation)}, args.metrics)
+        for name, r in results.items():
+            print(f"evaluate {name}: accuracy {r['accuracy'] * 100:.2f}, macro-F1 {r['macro_f1'] * 100:.2f}")
+        return
     report = report_markdown(results, validation_rows=len(validation), threads=torch.get_num_threads())
     write_metrics({"models": results, "validation_rows": len(validation)}, args.metrics)
     write_json(plot_rows(results), args.plots)

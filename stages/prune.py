@@ -17,7 +17,8 @@ from stages._cli import run
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, save_model
 from stages._params import PruneParams, load_params
-from stages._pruning import count_parameters, prune_structured
+from stages._pruning import prune_structured
+from stages._quantization import count_parameters
 from stages._training import PairCollator, TrainConfig, build_dataset, checkpoint_dir_for, train
 
 

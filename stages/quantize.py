@@ -1,4 +1,4 @@
-"""quantize: int8 dynamic quantization of every Linear layer of the distilled student.
+"""quantize: int8 dynamic quantization of every Linear layer (and the embeddings) of the student.
 
 Saved as the packed int8 state dict plus sec.json (scheme and, for a pruned student, its
 architecture); `stages._models.load_model` rebuilds, quantizes and loads it in a fresh process.
@@ -18,11 +18,12 @@ from stages._quantization import count_parameters, quantize_model
 
 def quantize(model, params: QuantizeParams) -> tuple[object, dict]:
     started = time.perf_counter()
-    quantized = quantize_model(model, params.scheme)
-    n_int8 = sum(1 for m in quantized.modules() if type(m).__name__ == "Linear" and m.__module__.startswith("torch.ao"))
+    quantized = quantize_model(model, params.scheme, embeddings=params.embeddings)
+    int8 = [type(m).__name__ for m in quantized.modules() if type(m).__module__.startswith("torch.ao")]
     return quantized, {
         "scheme": params.scheme,
-        "quantized_linear_layers": n_int8,
+        "quantized_linear_layers": int8.count("Linear"),
+        "quantized_embeddings": int8.count("Embedding"),
         "params": count_parameters(quantized),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -39,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     model, tokenizer = load_model(args.model)
     quantized, metrics = quantize(model, params.quantize)
-    info = {"stage": "quantize", "parent": args.model, "quantization": params.quantize.scheme}
+    info = {
+        "stage": "quantize", "parent": args.model, "quantization": params.quantize.scheme,
+        "quantized_embeddings": params.quantize.embeddings,
+    }
     architecture = read_sec_info(args.model).get("architecture")
     if architecture:
         info["architecture"] = architecture

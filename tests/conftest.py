@@ -59,9 +59,11 @@ def build_tiny_bert(directory) -> str:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab_file = directory / "vocab.txt"
-    vocab_file.write_text("\n".join(dict.fromkeys(_vocab())) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    # transformers 5 tokenizers take the vocabulary itself (`vocab=`); a `vocab_file=` argument is
+    # silently ignored and leaves only the 5 special tokens, so every word would be [UNK].
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(_vocab()))}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    assert tokenizer.tokenize("the man")[0] == "the", "tiny tokenizer lost its vocabulary"
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=64, num_labels=3,

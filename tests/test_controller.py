@@ -36,7 +36,7 @@ def test_controller_reruns_prune_downstream_logs_why_and_stops_within_bound(tmp_
     assert "size below target" in first["reason"]
     second = records[1]
     assert second["applied"] == {"prune.ratio": 0.4}
-    assert second["stages_run"] == ["prune", "distill", "quantize", "evaluate"]  # nothing upstream
+    assert second["stages_run"] == ["prune", "distill", "quantize", "evaluate", "report_plots"]  # nothing upstream
     assert records[-1]["stop"] is True and records[-1]["reason"]
 
     logged = [json.loads(line) for line in (repo / DECISIONS).read_text().splitlines()]

@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_pairs
 from stages._io import validate_pairs
@@ -29,14 +30,46 @@ def test_transfer_set_adds_unlabelled_rows_for_kd_only(pairs):
     assert len(transfer_set(pairs, pool, size=0, seed=0)) == len(pairs) + 10
 
 
-def test_distill_moves_student_towards_teacher(tiny_model_dir, pairs, tmp_path):
+def _kl_to_teacher(student, teacher, tok, pairs) -> float:
+    enc = tok(pairs["premise"].tolist(), pairs["hypothesis"].tolist(), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        s, t = student(**enc).logits, teacher(**enc).logits
+    return float(torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean"))
+
+
+def test_distill_shrinks_the_student_and_moves_it_towards_the_teacher(tiny_model_dir, pairs, tmp_path):
     teacher, tok = load_pretrained_classifier(tiny_model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a teacher that differs from the student's starting point
+        for p in teacher.classifier.parameters():
+            p.add_(torch.randn_like(p))
     student, _ = load_pretrained_classifier(tiny_model_dir)
-    params = DistillParams(epochs=1, batch_size=8, max_steps=6, learning_rate=1e-3, transfer_size=0, alpha=1.0, temperature=2.0)
+    params = DistillParams(
+        epochs=1, batch_size=8, max_steps=20, learning_rate=3e-3, transfer_size=0, alpha=1.0, temperature=1.0,
+        layers=1, hidden_weight=1.0, trim_vocab=True,
+    )
     data = transfer_set(pairs, pairs.assign(label=-1), 0, 0)
-    metrics = distill(student, tok, teacher, data, params, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck")
-    assert metrics["train_steps"] == 6 and metrics["transfer_rows"] == len(pairs)
-    assert metrics["alpha"] == 1.0
+    dropped, _ = load_pretrained_classifier(tiny_model_dir)
+    from stages._student import keep_layers
+
+    keep_layers(dropped, [1])  # what the student starts as: the top layer of two
+    before = _kl_to_teacher(dropped, teacher, tok, pairs)
+    student, student_tok, metrics = distill(student, tok, teacher, data, params, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck")
+    assert metrics["train_steps"] == 20 and metrics["transfer_rows"] == len(pairs)
+    assert metrics["layers_kept"] == [1] and student.config.num_hidden_layers == 1
+    assert metrics["vocab_after"] < metrics["vocab_before"] and metrics["params_after"] < metrics["params_before"]
+    # The trimmed tokenizer splits the training text into the same tokens as the teacher's.
+    enc_t = tok(pairs["premise"].tolist(), pairs["hypothesis"].tolist())["input_ids"]
+    enc_s = student_tok(pairs["premise"].tolist(), pairs["hypothesis"].tolist())["input_ids"]
+    assert [tok.convert_ids_to_tokens(a) for a in enc_t] == [student_tok.convert_ids_to_tokens(b) for b in enc_s]
+    student.eval()
+    enc = student_tok(pairs["premise"].tolist(), pairs["hypothesis"].tolist(), padding=True, return_tensors="pt")
+    t_enc = tok(pairs["premise"].tolist(), pairs["hypothesis"].tolist(), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        after = float(torch.nn.functional.kl_div(
+            student(**enc).logits.log_softmax(-1), teacher(**t_enc).logits.log_softmax(-1), log_target=True, reduction="batchmean"
+        ))
+    assert after < before
 
 
 def test_evaluate_reports_every_model_against_the_teacher(tiny_model_dir, tmp_path):

@@ -70,6 +70,7 @@ def test_quantized_model_reloads_in_a_fresh_process(tiny_model_dir, tmp_path):
     model, tok = load_pretrained_classifier(tiny_model_dir)
     quantized, metrics = quantize(model, QuantizeParams())
     assert metrics["quantized_linear_layers"] == 2 * 6 + 2  # q,k,v,o,ffn in,ffn out per layer + pooler + classifier
+    assert metrics["quantized_embeddings"] == 3  # word, position, token type
     out = tmp_path / "quantized"
     save_model(quantized, tok, out, {"stage": "quantize", "quantization": "dynamic_int8"})
     expected = _logits(quantized, tok)

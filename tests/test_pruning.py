@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, MPNetConfig
 
-from stages._pruning import apply_architecture, count_parameters, describe_architecture, prune_structured
+from stages._pruning import apply_architecture, describe_architecture, prune_structured
+from stages._quantization import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 # initializer_range well above BERT's 0.02, so that a wrong head or bias slice moves the logits visibly.
