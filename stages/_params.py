@@ -8,12 +8,15 @@ raise `ParamsError` naming the file, the dotted key and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages._profiles import PROFILES
+
+LabelName = Literal["entailment", "neutral", "contradiction"]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class ParamsError(ValueError):
@@ -63,12 +66,16 @@ class AugmentParams(_Section):
     rate: float = Field(default=0.15, gt=0, le=1)
     ops: list[Literal["synonym", "swap", "delete"]] = ["synonym", "swap"]
     weight: float = Field(default=1.0, ge=0)
+    # Adaptive augmentation: label name -> fraction, overriding `fraction` for that class (the
+    # controller sets it from the last evaluation's per-class accuracy). null = `fraction` for all.
+    class_fraction: dict[LabelName, Fraction] | None = None
 
 
 class BackTranslateParams(_Section):
     fraction: float = Field(ge=0, le=1)
     pivot: str = "spa"
     weight: float = Field(default=1.0, ge=0)
+    class_fraction: dict[LabelName, Fraction] | None = None
 
 
 class TrainParams(_Section):

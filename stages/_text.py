@@ -15,6 +15,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from stages._io import LABEL_NAMES
+
 # Rows written by people (the seed set and the oracle's labels); only these are rewritten, never
 # rows that are themselves augmentations.
 ORIGINAL_SOURCES = ("gold", "oracle")
@@ -72,16 +74,28 @@ def same_words(a: str, b: str) -> bool:
     return re.findall(r"\w+", a.casefold()) == re.findall(r"\w+", b.casefold())
 
 
-def pick_originals(df: pd.DataFrame, fraction: float, seed: int, stream: int) -> pd.Index:
+def pick_originals(
+    df: pd.DataFrame, fraction: float, seed: int, stream: int, class_fraction: dict[str, float] | None = None
+) -> pd.Index:
     """Index labels of round(fraction * n) rows drawn from the n labelled original rows.
 
+    `class_fraction` (label name -> fraction) overrides `fraction` per class: adaptive augmentation,
+    where the controller raises the rate for the classes the last evaluation got wrong most.
     `stream` separates the stages' draws: with the same seed, augment and back_translate would
     otherwise rewrite exactly the same rows.
     """
-    eligible = df.index[df["source"].isin(ORIGINAL_SOURCES) & (df["label"] >= 0)]
-    k = round(fraction * len(eligible))
+    original = df["source"].isin(ORIGINAL_SOURCES) & (df["label"] >= 0)
     rng = np.random.default_rng([seed, stream])
-    return pd.Index(np.sort(rng.choice(eligible.to_numpy(), size=k, replace=False)))
+    if not class_fraction:
+        eligible = df.index[original]
+        k = round(fraction * len(eligible))
+        return pd.Index(np.sort(rng.choice(eligible.to_numpy(), size=k, replace=False)))
+    picked = []
+    for label, name in enumerate(LABEL_NAMES):
+        eligible = df.index[original & (df["label"] == label)]
+        k = round(min(1.0, class_fraction.get(name, fraction)) * len(eligible))
+        picked.append(rng.choice(eligible.to_numpy(), size=k, replace=False))
+    return pd.Index(np.sort(np.concatenate(picked)))
 
 
 def append_rewrites(

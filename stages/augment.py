@@ -174,7 +174,7 @@ def augment(df: pd.DataFrame, params: AugmentParams, seed: int) -> tuple[pd.Data
     """Return (input rows + augmented copies, metrics); see the module docstring."""
     started = time.perf_counter()
     df = validate_pairs(df, "augment input")
-    picked = pick_originals(df, params.fraction, seed, _STREAM)
+    picked = pick_originals(df, params.fraction, seed, _STREAM, params.class_fraction)
     ops = _build_ops(params)
     source = "synonym" if "synonym" in params.ops else "eda"
     rewrites = {

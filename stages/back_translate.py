@@ -88,7 +88,7 @@ def back_translate(
     started = time.perf_counter()
     df = validate_pairs(df, "back_translate input")
     translator = translator or functools.partial(apertium_round_trip, pivot=params.pivot)
-    picked = pick_originals(df, params.fraction, seed, _STREAM)
+    picked = pick_originals(df, params.fraction, seed, _STREAM, params.class_fraction)
     premises = df.loc[picked, "premise"].tolist()
     hypotheses = df.loc[picked, "hypothesis"].tolist()
     sentences = premises + hypotheses

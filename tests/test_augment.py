@@ -240,3 +240,27 @@ def test_real_synonym_aug_is_offline_deterministic_and_keeps_negations(offline_n
         # Substitution keeps the sentence's punctuation where it was.
         assert re.findall(r"[^\w\s']", copy.premise) == re.findall(r"[^\w\s']", copy.premise_orig)
         assert not same_words(copy.premise, copy.premise_orig) or not same_words(copy.hypothesis, copy.hypothesis_orig)
+
+
+def test_class_fraction_augments_only_the_classes_it_raises(pairs):
+    from stages._text import pick_originals
+
+    picked = pick_originals(pairs, 0.0, 0, 1, {"neutral": 1.0})
+    assert set(pairs.loc[picked, "label"]) == {1}
+    assert len(picked) == int((pairs["label"] == 1).sum())
+    both = pick_originals(pairs, 0.5, 0, 1, {"contradiction": 0.0})
+    assert 2 not in set(pairs.loc[both, "label"]) and len(both) == round(0.5 * 20) * 2
+
+
+def test_class_fraction_rejects_unknown_class_and_out_of_range():
+    import yaml
+
+    from stages._params import ParamsError, parse_params
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["augment"]["class_fraction"] = {"neutrall": 0.5}
+    with pytest.raises(ParamsError, match="augment.class_fraction"):
+        parse_params(raw)
+    raw["augment"]["class_fraction"] = {"neutral": 1.5}
+    with pytest.raises(ParamsError, match="augment.class_fraction.neutral"):
+        parse_params(raw)
