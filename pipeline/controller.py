@@ -60,9 +60,19 @@ def labelled_fraction(repo: str | Path) -> float:
 
 def current_knobs(repo: str | Path) -> Knobs:
     params = load_params(Path(repo) / "params.yaml")
+    helped = grid_verdicts(repo)
     return Knobs(prune_ratio=params.prune.ratio, selection_budget=params.active_select.budget,
                  augment_fraction=params.augment.fraction, sparsity_weight=params.fine_tune.sparsity_weight,
-                 augment_weight=params.augment.weight, backtranslate_weight=params.back_translate.weight)
+                 augment_weight=params.augment.weight, backtranslate_weight=params.back_translate.weight,
+                 backtranslate_fraction=params.back_translate.fraction,
+                 augment_helped=helped.get("synonym"), backtranslate_helped=helped.get("backtranslation"))
+
+
+def grid_verdicts(repo: str | Path) -> dict[str, bool]:
+    """What the ablation grid measured (reports/grid/verdicts.json, written by pipeline.grid):
+    component -> whether it raised the teacher's accuracy. Empty when the grid has not run."""
+    path = Path(repo) / "reports" / "grid" / "verdicts.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @task(name="dvc-exp-run", cache_policy=NO_CACHE)
@@ -70,8 +80,16 @@ def dvc_exp_run(changes: dict[str, object], name: str, repo: str) -> str:
     logger = get_run_logger()
     cmd = ["dvc", "exp", "run", "--name", name]
     for key, value in changes.items():
-        cmd += ["-S", f"{key}={json.dumps(value)}"]
+        cmd += ["-S", f"{key}={override_value(value)}"]
     return run_streaming(cmd, repo, logger.info)
+
+
+def override_value(value: object) -> str:
+    """A value in DVC's `-S` (Hydra) grammar: JSON for scalars, `{key: value}` for mappings
+    (Hydra rejects quoted keys)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 @flow(name="sec-controller-iteration", flow_run_name="iteration-{iteration}")

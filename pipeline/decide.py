@@ -46,6 +46,11 @@ class Knobs:
     budget_step: float = 0.2  # relative change of the selection budget
     augment_step: float = 0.25
     budget_min: int = 1
+    # Measured by the ablation grid (pipeline/grid.py): did synonym augmentation / back-translation
+    # raise the teacher's accuracy over active selection alone? None = not measured.
+    augment_helped: bool | None = None
+    backtranslate_helped: bool | None = None
+    backtranslate_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,23 @@ def target_misses(deployed: dict, labelled_fraction: float, targets: Targets) ->
     if labelled_fraction > targets.max_labelled_fraction:
         misses.append("data")
     return misses
+
+
+def adaptive_class_fraction(class_accuracy: dict[str, float], base: float, step: float) -> dict[str, float] | None:
+    """Raise the augmentation fraction only for the classes below the mean per-class accuracy.
+
+    class_accuracy: label name -> recall from the last evaluation. A class `gap` points below the
+    mean gets base + step * gap / max_gap (the worst class the full step); the others keep `base`.
+    None when the classes are even (nothing to adapt).
+    """
+    if not class_accuracy:
+        return None
+    mean = sum(class_accuracy.values()) / len(class_accuracy)
+    gaps = {name: mean - acc for name, acc in class_accuracy.items()}
+    worst = max(gaps.values())
+    if worst <= 0.01:  # within a point of each other
+        return None
+    return {name: round(min(1.0, base + step * max(0.0, gap) / worst), 4) for name, gap in gaps.items()}
 
 
 def first_stage(changes: dict[str, object]) -> str | None:
@@ -141,12 +163,27 @@ def decide(deployed: dict, labelled_fraction: float, knobs: Knobs, targets: Targ
             changes["prune.ratio"] = new_ratio
             what = " and ".join(m for m in ("size", "latency") if m in misses)
             reasons.append(f"{what} below target with accuracy within bounds: prune.ratio {knobs.prune_ratio} -> {new_ratio}")
+    if "accuracy" in misses or "data" in misses:
+        # The data side: augmentation that the grid measured as useless is turned down; otherwise
+        # it is aimed at the classes the deployed model gets wrong most.
+        if knobs.augment_helped is False and knobs.augment_fraction > 0:
+            changes["augment.fraction"] = 0.0
+            reasons.append("synonym augmentation did not help in the ablation grid: augment.fraction -> 0")
+        if knobs.backtranslate_helped is False and knobs.backtranslate_fraction > 0:
+            changes["back_translate.fraction"] = 0.0
+            reasons.append("back-translation did not help in the ablation grid: back_translate.fraction -> 0")
+        per_class = adaptive_class_fraction(deployed.get("class_accuracy") or {}, knobs.augment_fraction, knobs.augment_step)
+        if per_class and knobs.augment_helped is not False:
+            changes["augment.class_fraction"] = per_class
+            worst = min(deployed["class_accuracy"], key=deployed["class_accuracy"].get)
+            reasons.append(f"adaptive augmentation: more rewrites for {worst} (accuracy {deployed['class_accuracy'][worst]:.2f})")
     if "data" in misses:
         # Too many labels bought: raise data pressure, and let augmentation make up for them.
         lambda1 = round(lambda1 * 1.5, 4)
         new_budget = max(knobs.budget_min, int(knobs.selection_budget * (1 - knobs.budget_step)))
         changes["active_select.budget"] = new_budget
-        changes["augment.fraction"] = round(min(1.0, knobs.augment_fraction + knobs.augment_step), 4)
+        if knobs.augment_helped is not False:
+            changes["augment.fraction"] = round(min(1.0, knobs.augment_fraction + knobs.augment_step), 4)
         # Fewer gold labels: synthetic rows may count for more, never more than a gold row.
         for key, weight in (("augment.weight", knobs.augment_weight), ("back_translate.weight", knobs.backtranslate_weight)):
             if weight < 1.0:

@@ -90,3 +90,32 @@ def test_oracle_labels_never_reach_unlabelled_output(tmp_path, tiny_model_dir):
     path = tmp_path / "rest.parquet"
     rest.to_parquet(path)
     assert (read_pairs(path, allow_unlabelled=True)["label"] == -1).all()
+
+
+def test_all_strategy_labels_the_whole_pool_without_a_model(tmp_path):
+    frames, _ = prepare(make_pairs(40), make_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
+    params = ActiveSelectParams(strategy="all", budget=3, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
+    labelled, rest, metrics = active_select(frames["seed"], frames["pool"], frames["oracle"], params,
+                                            teacher="no-such-model", max_length=32, seed=0, checkpoint_dir=tmp_path)
+    assert len(labelled) == 30 and len(rest) == 0 and metrics["label_fraction"] == 1.0
+    assert "acquisition" not in metrics  # no model was needed, so none was loaded
+    path = tmp_path / "rest.parquet"
+    rest.to_parquet(path)
+    assert len(read_pairs(path, allow_unlabelled=True, allow_empty=True)) == 0
+    with pytest.raises(DataError, match="no rows"):
+        read_pairs(path, allow_unlabelled=True)
+
+
+def test_pseudo_labels_join_as_their_own_source_and_do_not_count_as_labels(tiny_model_dir, tmp_path):
+    frames, _ = prepare(make_pairs(60), make_pairs(10), data_params(seed_size=16, pool_size=30, eval_size=5), seed=0)
+    params = ActiveSelectParams(strategy="random", budget=8, acquisition_epochs=1, batch_size=8, learning_rate=1e-4,
+                                pseudo_size=5, pseudo_weight=0.3)
+    labelled, rest, metrics = active_select(
+        frames["seed"], frames["pool"], frames["oracle"], params,
+        teacher=tiny_model_dir, max_length=32, seed=0, checkpoint_dir=tmp_path / "ck",
+    )
+    pseudo = labelled[labelled["source"] == "pseudo"]
+    assert len(pseudo) == 5 and (pseudo["weight"] == 0.3).all() and pseudo["label"].between(0, 2).all()
+    assert metrics["labelled_rows"] == 24 and metrics["pseudo_rows"] == 5 and len(rest) == 30 - 8 - 5
+    assert 0 <= metrics["pseudo_label_accuracy"] <= 1
+    assert metrics["label_fraction"] == round(24 / 46, 4)

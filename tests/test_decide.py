@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.decide import Knobs, State, Targets, decide, first_stage, objective
+from pipeline.controller import override_value
+from pipeline.decide import Knobs, State, Targets, adaptive_class_fraction, decide, first_stage, objective
 
 TARGETS = Targets(max_accuracy_drop_pts=1.0, min_size_ratio=3.0, min_speedup=1.5, max_labelled_fraction=0.5)
 KNOBS = Knobs(prune_ratio=0.3, selection_budget=1000, augment_fraction=0.25)
@@ -26,6 +27,16 @@ CASES = [
     ("no improvement stops", deployed(size=2.0, ce=0.9), 0.3, KNOBS, State(iteration=1, best=(0.8, 0.3, 2.0)), {}, True, None, "did not improve"),
     ("knob at its bound stops", deployed(size=2.0), 0.3, Knobs(prune_ratio=0.8, selection_budget=10, augment_fraction=0.2), State(), {}, True, None, "bound"),
     ("pruning cannot go below zero", deployed(delta=-3.0), 0.3, Knobs(prune_ratio=0.0, selection_budget=10, augment_fraction=0.2), State(), {}, True, None, "bound"),
+    ("accuracy miss aims augmentation at the worst class",
+     {**deployed(delta=-2.0), "class_accuracy": {"entailment": 0.7, "neutral": 0.4, "contradiction": 0.7}}, 0.3, KNOBS, State(),
+     {"prune.ratio": 0.2, "augment.class_fraction": {"entailment": 0.25, "neutral": 0.5, "contradiction": 0.25}},
+     False, "augment", "more rewrites for neutral"),
+    ("augmentation the grid found useless is turned down",
+     {**deployed(delta=-2.0), "class_accuracy": {"entailment": 0.7, "neutral": 0.4, "contradiction": 0.7}}, 0.7,
+     Knobs(prune_ratio=0.3, selection_budget=1000, augment_fraction=0.25, augment_helped=False,
+           backtranslate_helped=False, backtranslate_fraction=0.25), State(),
+     {"prune.ratio": 0.2, "augment.fraction": 0.0, "back_translate.fraction": 0.0, "active_select.budget": 800},
+     False, "active_select", "did not help in the ablation grid"),
 ]
 
 
@@ -67,3 +78,15 @@ def test_lambdas_act_inside_training_when_enabled():
 def test_first_stage_follows_the_dag():
     assert first_stage({"distill.alpha": 0.2, "prune.ratio": 0.1}) == "prune"
     assert first_stage({}) is None
+
+
+def test_adaptive_class_fraction_raises_only_classes_below_the_mean():
+    assert adaptive_class_fraction({"entailment": 0.6, "neutral": 0.6, "contradiction": 0.605}, 0.25, 0.25) is None
+    raised = adaptive_class_fraction({"entailment": 0.8, "neutral": 0.5, "contradiction": 0.65}, 0.25, 0.25)
+    assert raised == {"entailment": 0.25, "neutral": 0.5, "contradiction": 0.25 + 0.25 * (0.65 - 0.65) / 0.15}
+    assert adaptive_class_fraction({}, 0.25, 0.25) is None
+
+
+def test_override_values_use_dvc_set_grammar():
+    assert override_value({"neutral": 0.5}) == "{neutral: 0.5}"
+    assert override_value(0.25) == "0.25" and override_value("random") == '"random"'
