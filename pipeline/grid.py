@@ -1173,11 +1173,32 @@ def tradeoff_rows(records: Sequence[dict], grid: Sequence[Variant] | None = None
     return rows
 
 
+VERDICT_ROWS = {"active+synonym": "synonym", "active+backtranslation": "backtranslation", "active+pseudo": "pseudo"}
+
+
+def verdicts(data_table: pd.DataFrame) -> dict[str, bool]:
+    """component -> whether adding it raised the teacher's accuracy over its parent row (Table 2).
+
+    Components whose rows did not run are left out. The controller reads this file
+    (pipeline.controller.grid_verdicts) and turns down what did not help.
+    """
+    out = {}
+    for _, row in data_table.iterrows():
+        component = VERDICT_ROWS.get(row["variant"])
+        if component and row["helped"] in ("yes", "no", "tie"):
+            out[component] = row["helped"] == "yes"
+    return out
+
+
 def write_all(records: Sequence[dict], out_dir: str | Path, grid: Sequence[Variant] | None = None) -> list[Path]:
-    """Tables (markdown + CSV), the label-fraction rows and the PNGs under out_dir/plots."""
+    """Tables (markdown + CSV), verdicts.json, the label-fraction rows and the PNGs under out_dir/plots."""
     from pipeline.plots import write_pngs
 
-    written = write_tables(tables(records, grid), out_dir)
+    frames = tables(records, grid)
+    written = write_tables(frames, out_dir)
+    verdict_path = Path(out_dir) / "verdicts.json"
+    _atomic_write(verdict_path, json.dumps(verdicts(frames["data"]), indent=2, sort_keys=True) + "\n")
+    written.append(verdict_path)
     written.append(write_fraction_rows(records, Path(out_dir) / FRACTION_FILE, grid))
     rows = tradeoff_rows(records, grid)
     if rows:

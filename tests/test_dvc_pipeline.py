@@ -16,9 +16,9 @@ import yaml
 
 from conftest import make_tiny_repo
 from conftest import run_cmd as _run
+from pipeline.decide import STAGE_ORDER as STAGES
 
 REPO = Path(__file__).resolve().parents[1]
-from pipeline.decide import STAGE_ORDER as STAGES
 
 pytestmark = pytest.mark.slow
 

@@ -280,7 +280,7 @@ def test_write_tables_markdown_csv_and_fraction_rows(records, tmp_path):
     names = sorted(p.name for p in written)
     assert names == sorted([
         "table1_main.csv", "table2_data.csv", "table3_compression.csv", "table4_label_fraction.csv", "tables.md",
-        grid.FRACTION_FILE, "accuracy_vs_size.png", "accuracy_vs_latency.png", "accuracy_vs_data_fraction.png",
+        grid.FRACTION_FILE, "verdicts.json", "accuracy_vs_size.png", "accuracy_vs_latency.png", "accuracy_vs_data_fraction.png",
     ])  # fmt: skip
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written if p.suffix == ".png")
     # The Pareto plots use only full-pipeline runs: teacher-only experiments carry stale compression metrics.
@@ -347,3 +347,13 @@ def test_grid_runs_two_variants_in_a_tiny_repo_then_reruns_cheaply(tmp_path):
         stages["restored"]
     )
     assert not {"prepare", "active_select"} & set(stages["ran"])
+
+
+def test_verdicts_say_which_component_helped_over_its_parent():
+    table = pd.DataFrame([
+        {"variant": "active+synonym", "helped": "no"},
+        {"variant": "active+backtranslation", "helped": "yes"},
+        {"variant": "active+pseudo", "helped": "n/a"},
+        {"variant": "random", "helped": ""},
+    ])  # fmt: skip
+    assert grid.verdicts(table) == {"synonym": False, "backtranslation": True}
