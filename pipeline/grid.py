@@ -338,8 +338,13 @@ def repo_grid(
     return profile, grid_for(profile, budgets=budgets, default_budget=default_budget)
 
 
+# Experiments of the last commits count: committing the tables (or docs) after a grid run must not
+# hide the grid from its own tables. Stage code changes show in dvc.lock, which every commit carries.
+HISTORY_COMMITS = 20
+
+
 def exp_show(repo: str | Path = ".") -> list:
-    return json.loads(dvc(["exp", "show", "--json"], repo).stdout or "[]")
+    return json.loads(dvc(["exp", "show", "--json", "-n", str(HISTORY_COMMITS)], repo).stdout or "[]")
 
 
 @dataclass
