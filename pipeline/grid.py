@@ -775,9 +775,10 @@ CURVE_COLUMNS = [
 
 CAPTIONS = {
     "main": "Table 1. Main result: the all-labels teacher against the SEC deployed model (the quantized model of the "
-    "`sec` experiment). Ratios are against the all-labels teacher; training time is the sum of the stages' "
-    "`seconds`; latencies come from two separate runs, so compare them only on one idle machine. Rows marked `published` are numbers quoted from the literature (their own models, data and "
-    "hardware), not measured here.",
+    "`sec` experiment). Accuracy deltas and data saved are against the all-labels teacher. Size and speed "
+    "ratios are the `sec` run's, measured against its own teacher (the same architecture and size) in one process; "
+    "the all-labels row's latency is that teacher's. Training time is the sum of the stages' `seconds`. Rows "
+    "marked `published` are numbers quoted from the literature (their own models, data and hardware), not measured here.",
     "data": "Table 2. Data-efficiency ablation: each data variant's teacher (before compression). Deltas are accuracy "
     "/ macro-F1 points against the all-labels teacher; `helped` compares a row with its parent row (one seed).",
     "compression": "Table 3. Compression ablation, all from the `sec` experiment's evaluate.json: each step adds one "
