@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pipeline._dvc_env import LOCK_MARKERS, project_env
 from pipeline.decide import STAGE_ORDER
 from stages._params import parse_params
 
-LOCK_MARKERS = ("Unable to acquire lock", "is busy")
 # Stages that put a model on the accelerator when there is one.
 GPU_STAGES = {"active_select", "fine_tune", "prune", "distill", "evaluate"}
 
@@ -43,16 +42,6 @@ class DvcCommandError(RuntimeError):
     def __init__(self, cmd: list[str], returncode: int, tail: str):
         self.lock_busy = any(marker in tail for marker in LOCK_MARKERS)
         super().__init__(f"{' '.join(cmd)} exited {returncode}:\n{tail}")
-
-
-def project_env() -> dict[str, str]:
-    """The environment every DVC command runs in: telemetry off, the venv's python first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
 
 
 PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar

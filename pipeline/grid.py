@@ -57,6 +57,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline._dvc_env import LOCK_MARKERS, project_env
 from stages._profiles import PROFILES
 
 EXP_PREFIX = "grid-"
@@ -234,16 +235,6 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def project_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-LOCK_MARKERS = ("Unable to acquire lock", "is busy")
 
 
 def dvc(
