@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate", default="models/quantized")
     parser.add_argument("--validation", default="data/prepared/validation.parquet")
     parser.add_argument("--limit", type=int, default=0, help="evaluate on the first N validation pairs (0 = all)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=8, help="fixed random batches of 32 timed per repeat")
+    parser.add_argument("--seed", type=int, default=42, help="draws the timed batches (the evaluate stage uses params.yaml's seed)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--size-target", type=float, default=10.0)
     parser.add_argument("--speed-target", type=float, default=8.0)
@@ -55,9 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, directory in (("teacher", args.teacher), ("candidate", args.candidate)):
         model, tokenizer = load_model(directory)
         models[name] = (model, tokenizer, Path(directory))
-    results = evaluate(models, validation, EvaluateParams(latency_repeats=args.repeats), max_length=args.max_length, seed=0)
+    results = evaluate(
+        models, validation, EvaluateParams(latency_repeats=args.repeats, latency_batches=args.batches),
+        max_length=args.max_length, seed=args.seed,
+    )
 
-    print(f"{len(validation)} validation pairs, batch 32, {torch.get_num_threads()} CPU threads, {args.repeats} timed repeats")
+    print(f"{len(validation)} validation pairs; latency: {args.batches} batches of 32, {torch.get_num_threads()} CPU threads, "
+          f"median of {args.repeats} timed repeats")
     for name, r in results.items():
         print(f"  {name:9s} {args.teacher if name == 'teacher' else args.candidate:22s} accuracy {r['accuracy'] * 100:6.2f}  "
               f"size {r['size_mb']:7.1f} MB  latency {r['latency_ms_b32']:7.1f} ms")

@@ -175,7 +175,9 @@ def save_model(model, tokenizer, directory: str | Path, info: dict) -> None:
         tokenizer.save_pretrained(tmp)
         if info.get("quantization"):
             # What load_model must rebuild before loading: read off the model, not trusted to callers.
-            info = {**info, "quantized_embeddings": any(
+            from stages._quantization import scheme_of
+
+            info = {**info, "quantization": scheme_of(model), "quantized_embeddings": any(
                 type(m).__name__ == "Embedding" and type(m).__module__.startswith("torch.ao") for m in model.modules()
             )}
             model.config.save_pretrained(tmp)

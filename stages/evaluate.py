@@ -1,9 +1,10 @@
 """evaluate: every model the pipeline produced, measured side by side against the teacher.
 
 Quality on the validation set: accuracy, macro-F1, mean cross-entropy and its exponential (the SEC
-paper's "perplexity"). Cost: weights size on disk, parameter count, latency (median ms per batch of
-32 pairs) and throughput. Latency is timed in one process with the models interleaved repeat by
-repeat, so machine noise hits every model alike; ratios are against the teacher.
+paper's "perplexity"). Cost: weights size on disk, parameter count, latency (ms per batch of 32
+pairs: the mean over `latency_batches` fixed random batches, median over repeats) and throughput.
+Latency is timed in one process with the models interleaved repeat by repeat, so machine noise hits
+every model alike; ratios are against the teacher.
 """
 
 from __future__ import annotations
@@ -43,15 +44,19 @@ def quality(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 @torch.inference_mode()
-def time_batches(models: dict, batch: dict[str, dict], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """ms per forward pass of one batch; models interleaved within each repeat."""
+def time_batches(models: dict, batches: dict[str, list[dict]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Mean ms per forward pass over each model's batches, one value per repeat.
+
+    Models are interleaved within each repeat, so machine noise hits every model alike.
+    """
     times: dict[str, list[float]] = {name: [] for name in models}
     for r in range(warmup + repeats):
         for name, model in models.items():
             started = time.perf_counter()
-            model(**batch[name])
+            for batch in batches[name]:
+                model(**batch)
             if r >= warmup:
-                times[name].append((time.perf_counter() - started) * 1000)
+                times[name].append((time.perf_counter() - started) * 1000 / len(batches[name]))
     return times
 
 
@@ -86,17 +91,19 @@ def evaluate(
     if not timing:
         return results
 
-    # One fixed batch (a random sample of validation pairs) timed for every model.
-    sample = validation.sample(n=min(params.batch_size, len(validation)), random_state=seed)
-    batch = {
-        name: tokenize_pairs(tok, sample["premise"].tolist(), sample["hypothesis"].tolist(), max_length)
+    # The same fixed batches (random validation pairs, each padded to its longest) for every model.
+    sample = validation.sample(n=min(params.batch_size * params.latency_batches, len(validation)), random_state=seed)
+    chunks = [sample.iloc[i : i + params.batch_size] for i in range(0, len(sample), params.batch_size)]
+    batches = {
+        name: [tokenize_pairs(tok, c["premise"].tolist(), c["hypothesis"].tolist(), max_length) for c in chunks]
         for name, (_, tok, _) in models.items()
     }
-    times = time_batches({n: m for n, (m, _, _) in models.items()}, batch, params.latency_repeats, params.latency_warmup)
+    times = time_batches({n: m for n, (m, _, _) in models.items()}, batches, params.latency_repeats, params.latency_warmup)
+    pairs_per_batch = len(sample) / len(chunks)
     for name, samples in times.items():
         latency = statistics.median(samples)
         results[name]["latency_ms_b32"] = round(latency, 2)
-        results[name]["throughput_pairs_per_s"] = round(len(sample) / latency * 1000, 1)
+        results[name]["throughput_pairs_per_s"] = round(pairs_per_batch / latency * 1000, 1)
 
     ref = results.get(REFERENCE)
     if ref:
@@ -108,13 +115,13 @@ def evaluate(
     return results
 
 
-def report_markdown(results: dict, *, validation_rows: int, threads: int) -> str:
+def report_markdown(results: dict, *, validation_rows: int, threads: int, latency_batches: int = 1) -> str:
     header = "| model | accuracy | macro-F1 | perplexity | size MB | params | latency ms/b32 | pairs/s | Δacc pts | size × | speed × |"
     lines = [
         "# SEC pipeline report",
         "",
-        f"Validation pairs: {validation_rows}. Latency: median over repeats, batch of 32, "
-        f"CPU threads: {threads}; all models timed interleaved in one process.",
+        f"Validation pairs: {validation_rows}. Latency: mean over {latency_batches} fixed random batches of 32, "
+        f"median over repeats, CPU threads: {threads}; all models timed interleaved in one process.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
@@ -165,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, r in results.items():
             print(f"evaluate {name}: accuracy {r['accuracy'] * 100:.2f}, macro-F1 {r['macro_f1'] * 100:.2f}")
         return
-    report = report_markdown(results, validation_rows=len(validation), threads=torch.get_num_threads())
+    report = report_markdown(
+        results, validation_rows=len(validation), threads=torch.get_num_threads(), latency_batches=params.evaluate.latency_batches
+    )
     write_metrics({"models": results, "validation_rows": len(validation)}, args.metrics)
     write_json(plot_rows(results), args.plots)
     with atomic_path(args.report) as tmp:

@@ -9,7 +9,7 @@ from stages._io import validate_pairs
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import DistillParams, EvaluateParams, QuantizeParams
 from stages.distill import distill, transfer_set
-from stages.evaluate import evaluate, quality, report_markdown
+from stages.evaluate import evaluate, quality, report_markdown, time_batches
 from stages.quantize import quantize
 
 
@@ -79,7 +79,7 @@ def test_evaluate_reports_every_model_against_the_teacher(tiny_model_dir, tmp_pa
     save_model(quantized, tok, tmp_path / "quantized", {"stage": "quantize", "quantization": "dynamic_int8"})
     models = {name: (*load_model(tmp_path / name), tmp_path / name) for name in ("teacher", "quantized")}
     validation = validate_pairs(make_pairs(40), "validation")
-    results = evaluate(models, validation, EvaluateParams(latency_repeats=3), max_length=32, seed=0)
+    results = evaluate(models, validation, EvaluateParams(latency_repeats=3, latency_batches=2), max_length=32, seed=0)
     assert list(results) == ["teacher", "quantized"]
     for r in results.values():
         for key in ("accuracy", "macro_f1", "cross_entropy", "perplexity", "size_mb", "params", "latency_ms_b32", "throughput_pairs_per_s"):
@@ -90,3 +90,18 @@ def test_evaluate_reports_every_model_against_the_teacher(tiny_model_dir, tmp_pa
     assert abs(results["quantized"]["accuracy_delta_pts"]) <= 20
     table = report_markdown(results, validation_rows=40, threads=1)
     assert "| teacher |" in table and "| quantized |" in table
+
+
+def test_time_batches_runs_every_batch_per_repeat_and_averages():
+    calls = {"a": 0, "b": 0}
+
+    def fake(name):
+        def forward(**batch):
+            calls[name] += 1
+        return forward
+
+    batches = {"a": [{}, {}, {}], "b": [{}, {}, {}]}
+    times = time_batches({"a": fake("a"), "b": fake("b")}, batches, repeats=2, warmup=1)
+    # (warmup + repeats) x 3 batches each; one mean-per-batch value per timed repeat.
+    assert calls == {"a": 9, "b": 9}
+    assert [len(v) for v in times.values()] == [2, 2] and all(t >= 0 for v in times.values() for t in v)

@@ -55,7 +55,13 @@ def test_grid_rows_names_and_profile_scaling():
     cpu = grid.grid_for("cpu")
     assert [v.name for v in grid.GRID] == [v.name for v in cpu]
     # The profile's own budget (cpu: 2000) is the `random` / `active` row, not a second experiment.
-    assert [v.name for v in cpu if "@" in v.name] == ["random@4000", "random@5880", "active@4000", "active@5880"]
+    assert [v.name for v in cpu if "@" in v.name] == [
+        "random@4000", "random@5880", "active@4000", "active@5880", "active@5880+steps"
+    ]
+    # Fewer labels without fewer steps: the all-labels teacher's 2 epochs of 9,830 rows at batch 16.
+    matched = next(v for v in cpu if v.name == "active@5880+steps")
+    assert matched.overrides["fine_tune.max_steps"] == 1230 and matched.tables == ("data",)
+    assert not any("+steps" in v.name for v in _tiny_grid())
     pseudo = next(v for v in cpu if v.name == "active+pseudo")
     assert pseudo.overrides["active_select.pseudo_size"] == 2000
     assert next(v for v in _tiny_grid() if v.name == "active+pseudo").overrides["active_select.pseudo_size"] == 12

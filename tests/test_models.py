@@ -12,6 +12,7 @@ import torch
 from stages import _models
 from stages._models import ModelError, load_model, load_pretrained_classifier, resolve_model, save_model
 from stages._params import QuantizeParams
+from stages._quantization import scheme_of
 from stages.quantize import quantize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,13 +67,17 @@ def _logits(model, tok):
         return model(**enc).logits
 
 
-def test_quantized_model_reloads_in_a_fresh_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("scheme", ["dynamic_int8", "dynamic_int8_per_channel"])
+def test_quantized_model_reloads_in_a_fresh_process(tiny_model_dir, tmp_path, scheme):
     model, tok = load_pretrained_classifier(tiny_model_dir)
-    quantized, metrics = quantize(model, QuantizeParams())
+    quantized, metrics = quantize(model, QuantizeParams(scheme=scheme))
+    assert scheme_of(quantized) == scheme
     assert metrics["quantized_linear_layers"] == 2 * 6 + 2  # q,k,v,o,ffn in,ffn out per layer + pooler + classifier
     assert metrics["quantized_embeddings"] == 3  # word, position, token type
     out = tmp_path / "quantized"
+    # The scheme is read off the model, whatever the caller says.
     save_model(quantized, tok, out, {"stage": "quantize", "quantization": "dynamic_int8"})
+    assert json.loads((out / "sec.json").read_text())["quantization"] == scheme
     expected = _logits(quantized, tok)
     code = (
         "import sys, torch; from stages._models import load_model; "
