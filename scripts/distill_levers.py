@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
-        updates[key] = yaml.safe_load(value)
+        try:
+            updates[key] = json.loads(value)  # 2e-4 is a number here; YAML 1.1 would read a string
+        except ValueError:
+            updates[key] = yaml.safe_load(value)
     # model_validate (not model_copy) so an override is type-checked like params.yaml itself.
     p = type(params.distill).model_validate({**params.distill.model_dump(), **updates})
     teacher, tokenizer = load_model(args.teacher)

@@ -186,7 +186,9 @@ class DvcLiveCallback(TrainerCallback):
         self.live = Live(str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "learning_rate", "grad_norm"):
+        # "train_loss" is the Trainer's closing summary (mean loss of the run): logged even when a
+        # run is shorter than `logging_steps`, so the plots directory DVC expects always exists.
+        for key in ("loss", "learning_rate", "grad_norm", "train_loss"):
             if logs and key in logs:
                 self.live.log_metric(f"train/{key}", float(logs[key]))
         self.live.step = state.global_step

@@ -59,6 +59,12 @@ def prune(model, tokenizer, data: pd.DataFrame, params: PruneParams, *, max_leng
             save_steps=max(1, params.recovery_steps // 2),
         )
         metrics["recovery"] = train(model, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir)
+    elif live_dir:
+        # No recovery run, so no training curve; the dvclive outputs DVC expects still record the cut.
+        from dvclive import Live
+
+        with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+            live.log_metric("prune/params_kept_fraction", metrics["params_kept_fraction"])
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return architecture, metrics
 
