@@ -46,7 +46,7 @@ class Knobs:
     budget_step: float = 0.2  # relative change of the selection budget
     augment_step: float = 0.25
     budget_min: int = 1
-    # Measured by the ablation grid (pipeline/grid.py): did synonym augmentation / back-translation
+    # Measured by the ablation grid (pipeline/grid_tables.py): did synonym augmentation / back-translation
     # raise the teacher's accuracy over active selection alone? None = not measured.
     augment_helped: bool | None = None
     backtranslate_helped: bool | None = None

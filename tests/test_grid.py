@@ -1,4 +1,4 @@
-"""The ablation grid (pipeline/grid.py): variants, `dvc exp show --json` parsing, the four tables.
+"""The ablation grid (pipeline/grid.py, grid_variants.py, grid_tables.py): variants, `dvc exp show --json` parsing, the four tables.
 
 The fast tests read tests/data/grid_exp_show.json, a trimmed copy of a real `dvc exp show --json`
 (DVC 3.67) of the tiny-profile grid (deps/outs dropped; one failed non-grid experiment kept to show
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import grid
+from pipeline import grid, grid_tables, grid_variants
 
 FIXTURE = Path(__file__).parent / "data" / "grid_exp_show.json"
 TINY_NAMES = [
@@ -32,11 +32,11 @@ def shown() -> list:
 
 @pytest.fixture
 def records(shown) -> list[dict]:
-    return grid.collect(shown)
+    return grid_tables.collect(shown)
 
 
 def _tiny_grid():
-    return grid.grid_for("tiny")
+    return grid_variants.grid_for("tiny")
 
 
 def _by_name(records):
@@ -52,8 +52,8 @@ def _drop(records, *names):
 
 def test_grid_rows_names_and_profile_scaling():
     assert [v.name for v in _tiny_grid()] == TINY_NAMES
-    cpu = grid.grid_for("cpu")
-    assert [v.name for v in grid.GRID] == [v.name for v in cpu]
+    cpu = grid_variants.grid_for("cpu")
+    assert [v.name for v in grid_variants.GRID] == [v.name for v in cpu]
     # The profile's own budget (cpu: 2000) is the `random` / `active` row, not a second experiment.
     assert [v.name for v in cpu if "@" in v.name] == [
         "random@4000", "random@5880", "active@4000", "active@5880", "active@5880+steps"
@@ -70,18 +70,18 @@ def test_grid_rows_names_and_profile_scaling():
     for variant in cpu + _tiny_grid():
         # Valid git ref components: no '@', '+', spaces, '..' etc.
         assert re.fullmatch(r"grid-[a-z0-9]+(-[a-z0-9]+)*", variant.exp_name), variant.exp_name
-    assert grid.slug("active+synonym") == "active-synonym" and grid.slug("random@2000") == "random-b2000"
+    assert grid_variants.slug("active+synonym") == "active-synonym" and grid_variants.slug("random@2000") == "random-b2000"
     assert len({v.exp_name for v in cpu}) == len(cpu)
 
 
 def test_select_by_name_slug_experiment_or_table():
     tiny = _tiny_grid()
-    assert [v.name for v in grid.select(tiny, ["active", "random"])] == ["random", "active"]  # grid order
-    assert [v.name for v in grid.select(tiny, ["grid-active-synonym", "active-b6"])] == ["active+synonym", "active@6"]
-    assert [v.name for v in grid.select(tiny, ["curve"])] == ["all-labels", "random", "active", "random@6", "active@6"]
-    assert grid.select(tiny, None) == tiny
-    with pytest.raises(grid.GridError, match="unknown grid variant 'bogus'"):
-        grid.select(tiny, ["bogus"])
+    assert [v.name for v in grid_variants.select(tiny, ["active", "random"])] == ["random", "active"]  # grid order
+    assert [v.name for v in grid_variants.select(tiny, ["grid-active-synonym", "active-b6"])] == ["active+synonym", "active@6"]
+    assert [v.name for v in grid_variants.select(tiny, ["curve"])] == ["all-labels", "random", "active", "random@6", "active@6"]
+    assert grid_variants.select(tiny, None) == tiny
+    with pytest.raises(grid_variants.GridError, match="unknown grid variant 'bogus'"):
+        grid_variants.select(tiny, ["bogus"])
 
 
 def test_queue_command_sets_params_and_appends_missing_keys():
@@ -119,8 +119,8 @@ def test_data_only_variants_stop_at_the_teacher_evaluation():
     assert {"prepare", "fine_tune", "evaluate"} <= stages_here
     # Tables read the teacher from the teacher-only evaluation first, else from evaluate.json.
     rec = {"metrics": {"evaluate_teacher.models.teacher.accuracy": 0.5, "evaluate.models.teacher.accuracy": 0.1}}
-    assert grid.teacher_metric(rec, "accuracy") == 0.5
-    assert grid.teacher_metric({"metrics": {"evaluate.models.teacher.accuracy": 0.1}}, "accuracy") == 0.1
+    assert grid_tables.teacher_metric(rec, "accuracy") == 0.5
+    assert grid_tables.teacher_metric({"metrics": {"evaluate.models.teacher.accuracy": 0.1}}, "accuracy") == 0.1
 
 
 def test_parse_queue_status_and_stage_summary():
@@ -153,7 +153,7 @@ def test_collect_flattens_the_real_exp_show_json(shown, records):
     assert records[0]["is_baseline"] and records[0]["state"] == "baseline" and records[0]["rev"] == baseline["rev"]
     named = _by_name(records)
     for name in TINY_NAMES:
-        rec = named[grid.EXP_PREFIX + grid.slug(name)]
+        rec = named[grid_variants.EXP_PREFIX + grid_variants.slug(name)]
         assert rec["state"] == "success" and rec["baseline"] == baseline["rev"] and not rec["is_baseline"]
         assert 0 <= rec["metrics"]["evaluate_teacher.models.teacher.accuracy"] <= 1
         # Data-only variants stopped at evaluate_teacher (no evaluate.json); the others ran it all.
@@ -168,10 +168,10 @@ def test_collect_flattens_the_real_exp_show_json(shown, records):
     failed = named["grid-bad"]
     assert failed["state"] == "failed" and failed["error"]
     # Text input parses the same; queued/running states come from the executor.
-    assert grid.collect(json.dumps(shown)) == records
+    assert grid_tables.collect(json.dumps(shown)) == records
     queued = copy.deepcopy(shown)
     queued[1]["experiments"][0]["executor"]["state"] = "queued"
-    assert grid.collect(queued)[1]["state"] == "queued"
+    assert grid_tables.collect(queued)[1]["state"] == "queued"
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -179,7 +179,7 @@ def test_collect_flattens_the_real_exp_show_json(shown, records):
 
 def test_tables_from_the_tiny_grid(records):
     named = _by_name(records)
-    frames = grid.tables(records)
+    frames = grid_tables.tables(records)
     assert set(frames) == {"main", "data", "compression", "curve"}
 
     main = frames["main"]
@@ -191,7 +191,7 @@ def test_tables_from_the_tiny_grid(records):
     assert row["accuracy_pct"] == pytest.approx(teacher["evaluate.models.teacher.accuracy"] * 100, abs=0.01)
     assert row["label_fraction_pct"] == pytest.approx(100.0)
     assert row["size_ratio_x"] == pytest.approx(1.0) and row["accuracy_delta_pts"] == pytest.approx(0.0)
-    seconds = sum(teacher[f"{s}.seconds"] for s in grid.TEACHER_STAGES)
+    seconds = sum(teacher[f"{s}.seconds"] for s in grid_tables.TEACHER_STAGES)
     assert row["train_minutes"] == pytest.approx(seconds / 60, abs=0.01)
     row = measured.loc["SEC deployed (quantized)"]
     assert row["size_mb"] == pytest.approx(sec["evaluate.models.quantized.size_mb"], abs=1e-3)
@@ -204,7 +204,7 @@ def test_tables_from_the_tiny_grid(records):
         (1 - sec["active_select.labelled_rows"] / teacher["active_select.labelled_rows"]) * 100, abs=0.01
     )
     published = main[main["source"] == "published"]
-    assert len(published) == len(grid.PUBLISHED) and (published["status"] == "published").all()
+    assert len(published) == len(grid_tables.PUBLISHED) and (published["status"] == "published").all()
     assert published["accuracy_pct"].isna().all()  # published rows carry no measured numbers
     sec_paper = published.set_index("system").loc["SEC paper (MNLI): SEC model"]
     assert sec_paper["size_mb"] == 136 and sec_paper["accuracy_delta_pts"] == 1.7 and sec_paper["data_saved_pct"] == 30
@@ -250,30 +250,30 @@ def test_missing_and_failed_experiments_are_marked_not_crashes(records):
     for rec in kept:
         if rec["name"] == "grid-active":
             rec["state"] = "failed"
-    frames = grid.tables(kept)
+    frames = grid_tables.tables(kept)
     main = frames["main"].set_index("system")
-    assert main.loc["SEC deployed (quantized)", "status"] == grid.NOT_RUN
+    assert main.loc["SEC deployed (quantized)", "status"] == grid_tables.NOT_RUN
     assert math.isnan(main.loc["SEC deployed (quantized)", "accuracy_pct"])
     assert "not run" in main.loc["All-labels teacher", "note"]
-    assert (frames["compression"]["status"] == grid.NOT_RUN).all()
+    assert (frames["compression"]["status"] == grid_tables.NOT_RUN).all()
     data = frames["data"].set_index("variant")
     assert data.loc["active", "status"] == "failed" and math.isnan(data.loc["active", "accuracy_pct"])
     assert data.loc["active+synonym", "helped"] == "n/a"  # its parent failed
     assert math.isnan(data.loc["random", "accuracy_delta_pts"])  # no all-labels row to compare with
     curve = frames["curve"].set_index("variant")
-    assert curve.loc["random@6", "status"] == grid.NOT_RUN and curve.loc["random@6", "budget"] == 6
-    rows = grid.fraction_rows(kept)
+    assert curve.loc["random@6", "status"] == grid_tables.NOT_RUN and curve.loc["random@6", "budget"] == 6
+    rows = grid_tables.fraction_rows(kept)
     assert {r["strategy"] for r in rows} == {"random", "active"}  # only experiments that ran
     # Nothing at all: every measured row says "not run".
-    empty = grid.tables([], grid.grid_for("tiny"))
-    assert (empty["data"]["status"] == grid.NOT_RUN).all() and (empty["curve"]["status"] == grid.NOT_RUN).all()
+    empty = grid_tables.tables([], grid_variants.grid_for("tiny"))
+    assert (empty["data"]["status"] == grid_tables.NOT_RUN).all() and (empty["curve"]["status"] == grid_tables.NOT_RUN).all()
 
 
 def test_sec_falls_back_to_the_baseline_commit_metrics(records):
     sec = _by_name(records)["grid-sec"]
     kept = _drop(records, "grid-sec")
     kept[0] = {**kept[0], "metrics": sec["metrics"]}  # the baseline commit has the default params' metrics
-    comp = grid.tables(kept)["compression"]
+    comp = grid_tables.tables(kept)["compression"]
     assert (comp["status"] == "ok").all() and comp["experiment"].iloc[0].startswith("baseline ")
     assert comp["accuracy_pct"].iloc[-1] == pytest.approx(
         sec["metrics"]["evaluate.models.quantized.accuracy"] * 100, abs=0.01
@@ -282,26 +282,26 @@ def test_sec_falls_back_to_the_baseline_commit_metrics(records):
 
 def test_write_tables_markdown_csv_and_fraction_rows(records, tmp_path):
     kept = _drop(records, "grid-active-b6")
-    written = grid.write_all(kept, tmp_path / "grid")
+    written = grid_tables.write_all(kept, tmp_path / "grid")
     names = sorted(p.name for p in written)
     assert names == sorted([
         "table1_main.csv", "table2_data.csv", "table3_compression.csv", "table4_label_fraction.csv", "tables.md",
-        grid.FRACTION_FILE, "verdicts.json", "accuracy_vs_size.png", "accuracy_vs_latency.png", "accuracy_vs_data_fraction.png",
+        grid_tables.FRACTION_FILE, "verdicts.json", "accuracy_vs_size.png", "accuracy_vs_latency.png", "accuracy_vs_data_fraction.png",
     ])  # fmt: skip
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written if p.suffix == ".png")
     # The Pareto plots use only full-pipeline runs: teacher-only experiments carry stale compression metrics.
-    experiments = {row["experiment"] for row in grid.tradeoff_rows(kept, _tiny_grid())}
+    experiments = {row["experiment"] for row in grid_tables.tradeoff_rows(kept, _tiny_grid())}
     assert "grid-random" not in experiments and experiments
     assert not list((tmp_path / "grid").glob(".*"))  # no temporary files left behind
     md = (tmp_path / "grid" / "tables.md").read_text()
-    for caption in grid.CAPTIONS.values():
+    for caption in grid_tables.CAPTIONS.values():
         assert caption in md
     assert "Published reference points (not measured here)" in md and "| active@6 | grid-active-b6 | not run |" in md
     main = pd.read_csv(tmp_path / "grid" / "table1_main.csv")
-    assert list(main.columns) == grid.MAIN_COLUMNS and set(main["source"]) == {"measured", "published"}
+    assert list(main.columns) == grid_tables.MAIN_COLUMNS and set(main["source"]) == {"measured", "published"}
     curve = pd.read_csv(tmp_path / "grid" / "table4_label_fraction.csv")
     assert list(curve["status"]) == ["ok", "ok", "not run", "ok", "ok"]
-    rows = json.loads((tmp_path / "grid" / grid.FRACTION_FILE).read_text())
+    rows = json.loads((tmp_path / "grid" / grid_tables.FRACTION_FILE).read_text())
     assert all(set(r) == {"strategy", "label_fraction", "accuracy"} for r in rows)
     assert {"strategy": "all-labels", "label_fraction": 1.0} in [
         {k: r[k] for k in ("strategy", "label_fraction")} for r in rows
@@ -333,14 +333,14 @@ def test_grid_runs_two_variants_in_a_tiny_repo_then_reruns_cheaply(tmp_path):
     assert summary["failed"] == [] and sorted(summary["queued"]) == ["grid-active", "grid-random"]
     assert all(info["status"] == "Success" for info in summary["experiments"].values())
 
-    names = {r["name"] for r in grid.collect(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout)}
+    names = {r["name"] for r in grid_tables.collect(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout)}
     assert {"grid-active", "grid-random"} <= names
     data = pd.read_csv(out / "table2_data.csv").set_index("variant")
     for variant in ("random", "active"):
         assert data.loc[variant, "status"] == "ok"
         assert 0 <= data.loc[variant, "accuracy_pct"] <= 100 and data.loc[variant, "labelled_examples"] == 36
-    assert data.loc["sec", "status"] == grid.NOT_RUN
-    rows = json.loads((out / grid.FRACTION_FILE).read_text())
+    assert data.loc["sec", "status"] == grid_tables.NOT_RUN
+    rows = json.loads((out / grid_tables.FRACTION_FILE).read_text())
     assert {r["strategy"] for r in rows} == {"random", "active"}
 
     # A second run of a finished grid runs nothing and rewrites the tables.
@@ -362,4 +362,4 @@ def test_verdicts_say_which_component_helped_over_its_parent():
         {"variant": "active+pseudo", "helped": "n/a"},
         {"variant": "random", "helped": ""},
     ])  # fmt: skip
-    assert grid.verdicts(table) == {"synonym": False, "backtranslation": True}
+    assert grid_tables.verdicts(table) == {"synonym": False, "backtranslation": True}
