@@ -238,12 +238,24 @@ CAPTIONS = {
     "the all-labels row's latency is that teacher's. Training time is the sum of the stages' `seconds`. Rows "
     "marked `published` are numbers quoted from the literature (their own models, data and hardware), not measured here.",
     "data": "Table 2. Data-efficiency ablation: each data variant's teacher (before compression). Deltas are accuracy "
-    "/ macro-F1 points against the all-labels teacher; `helped` compares a row with its parent row (one seed).",
+    "/ macro-F1 points against the all-labels teacher; `helped` compares a row with its parent row (one seed): `noise` within ±0.5 points.",
     "compression": "Table 3. Compression ablation, all from the `sec` experiment's evaluate.json: each step adds one "
     "compression to the one above. Ratios and deltas are against that experiment's teacher.",
     "curve": "Table 4. Active against random selection across label fractions (no augmentation), with the all-labels "
     "point; the delta is against the all-labels teacher.",
 }
+
+
+# One seed per variant; teachers of the same profile moved 0.5-1 point between identical runs, so
+# a smaller difference is reported as noise, not as help or harm.
+NOISE_PTS = 0.5
+
+
+def helped_word(delta_pts: float) -> str:
+    """Table 2's `helped` for an accuracy difference (points) against the parent row."""
+    if math.isnan(delta_pts):
+        return "n/a"
+    return "yes" if delta_pts > NOISE_PTS else "no" if delta_pts < -NOISE_PTS else "noise"
 
 
 def _num(value) -> float:
@@ -446,7 +458,7 @@ def tables(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> di
             continue
         delta = _pct(accuracy_of.get(row["variant"], math.nan) - accuracy_of.get(parent, math.nan))
         row["delta_vs_parent_pts"] = _round(delta)
-        row["helped"] = "n/a" if math.isnan(delta) else "yes" if delta > 0 else "no" if delta < 0 else "tie"
+        row["helped"] = helped_word(delta)
     data = pd.DataFrame(data_rows).reindex(columns=DATA_COLUMNS)
 
     # Table 3 ----------------------------------------------------------------------------------
@@ -649,7 +661,8 @@ def verdicts(data_table: pd.DataFrame) -> dict[str, bool]:
     out = {}
     for _, row in data_table.iterrows():
         component = VERDICT_ROWS.get(row["variant"])
-        if component and row["helped"] in ("yes", "no", "tie"):
+        # "noise" counts as not helping: a component that costs compute must show a gain to stay on.
+        if component and row["helped"] in ("yes", "no", "noise"):
             out[component] = row["helped"] == "yes"
     return out
 

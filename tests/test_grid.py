@@ -228,7 +228,7 @@ def test_tables_from_the_tiny_grid(records):
     synonym = data.loc["active+synonym"]
     expected = synonym["accuracy_pct"] - data.loc["active", "accuracy_pct"]
     assert synonym["parent"] == "active" and synonym["delta_vs_parent_pts"] == pytest.approx(expected, abs=0.02)
-    assert synonym["helped"] == ("yes" if expected > 0 else "no" if expected < 0 else "tie")
+    assert synonym["helped"] == ("yes" if expected > 0.5 else "no" if expected < -0.5 else "noise")
     assert data.loc["random", "helped"] == "" and data.loc["all-labels", "accuracy_delta_pts"] == 0
 
     comp = frames["compression"]
@@ -363,3 +363,7 @@ def test_verdicts_say_which_component_helped_over_its_parent():
         {"variant": "random", "helped": ""},
     ])  # fmt: skip
     assert grid_tables.verdicts(table) == {"synonym": False, "backtranslation": True}
+    # Within the noise band a component has not shown that it helps: the controller turns it down.
+    noisy = pd.DataFrame([{"variant": "active+backtranslation", "helped": grid_tables.helped_word(0.19)}])
+    assert grid_tables.verdicts(noisy) == {"backtranslation": False}
+    assert [grid_tables.helped_word(d) for d in (0.6, -0.6, 0.0, float("nan"))] == ["yes", "no", "noise", "n/a"]
