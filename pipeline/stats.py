@@ -37,9 +37,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     return mean, mean - half, mean + half
 
 
-def _resample_indices(
-    rng: np.random.Generator, strata: list[np.ndarray], count: int, n: int
-) -> np.ndarray:
+def _resample_indices(rng: np.random.Generator, strata: list[np.ndarray], count: int, n: int) -> np.ndarray:
     """(count, n) indices: each row resamples every stratum with replacement within itself."""
     if len(strata) == 1 and strata[0].size == n:
         return rng.integers(0, n, size=(count, n))
