@@ -7,7 +7,10 @@ resume-after-kill and progress bars the same way:
        + hidden_weight * mean MSE(student hidden state j, teacher hidden state map[j])
 The hidden-state term needs the teacher itself (run alongside the student, no gradients); logits
 alone can be precomputed once instead.
-Per-row `weight` scales CE (augmented or pseudo-labelled rows can count less than gold ones).
+Per-row `weight` is an absolute scale on that row's CE: the weighted CE is divided by the number of
+labelled rows in the batch, not by the sum of their weights, so a weight-0.5 row (augmented,
+pseudo-labelled) always counts half a gold row, whatever else is in its batch; a batch of only
+weight-0.5 rows gives half the CE (and half the gradient) of the same rows at weight 1.
 Training curves go to dvclive so `dvc plots` shows them.
 """
 
@@ -100,11 +103,20 @@ def sec_loss(
     alpha: float,
     temperature: float,
 ) -> torch.Tensor:
-    """logits (b, c), labels (b,) with -1 = no gold label, weight (b,), teacher_logits (b, c)."""
+    """logits (b, c), labels (b,) with -1 = no gold label, weight (b,), teacher_logits (b, c).
+
+    CE = sum(weight * ce) over labelled rows / number of labelled rows: `weight` is an absolute
+    per-row loss scale (0.5 = half a gold row in any batch). Dividing by the sum of weights instead
+    would cancel the weight whenever a batch's rows share it (a batch of only 0.5 rows would train
+    exactly like weight 1), so augment.weight and pseudo_weight would act only relative to
+    the other rows of the same batch.
+    KD = T^2 * mean over all rows (labelled or not) of KL(softmax(teacher/T) || softmax(student/T)).
+    Loss = (1 - alpha) * CE + alpha * KD; KD alone when no row of the batch has a label.
+    """
     has_label = labels >= 0
     ce_rows = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")  # (b,)
     w = weight * has_label
-    ce = (ce_rows * w).sum() / w.sum().clamp(min=1e-8)
+    ce = (ce_rows * w).sum() / has_label.sum().clamp(min=1)
     if teacher_logits is None or alpha == 0:
         return ce
     t = temperature
