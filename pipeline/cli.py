@@ -1,4 +1,4 @@
-"""`sec`: the project's command line: predict, and the Prefect server, worker, deployments and flows."""
+"""`sec`: the project's command line: predict, compare, and the Prefect server, worker, deployments and flows."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ def _predict(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from pipeline.compare import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sec", description="SEC pipeline command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +105,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("controller", help="run the synergy controller flow here")
     p.add_argument("--max-iterations", type=int, default=None)
     p.set_defaults(func=_controller)
+
+    p = sub.add_parser("compare", help="did B help over A? paired bootstrap CIs and McNemar on per-example predictions")
+    for side in ("a", "b"):
+        p.add_argument(
+            side,
+            metavar=side.upper(),
+            help="git commit/branch/tag, DVC experiment name, predictions directory or model directory; "
+            "comma-separated for several seeds (seed i of A is paired with seed i of B)",
+        )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model whose predictions to compare (default: quantized, "
+        "or teacher when some side only has evaluate_teacher predictions)",
+    )
+    p.add_argument(
+        "--split", choices=["dev", "test", "both"], default="both", help="dev decides; test is reported only"
+    )
+    p.add_argument("--resamples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_compare)
     return parser
 
 
