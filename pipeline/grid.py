@@ -1,30 +1,35 @@
 """The ablation grid as DVC experiments, and the paper-style tables written from `dvc exp show`.
 
-Every grid variant is one DVC experiment, `dvc exp run --queue -n grid-<slug> -S key=value ...`,
-relative to the params.yaml of the current commit (the baseline). `dvc queue start -j 1` runs them
-one at a time in temporary workspaces; the tables are then built from `dvc exp show --json` alone,
-so `python -m pipeline.grid tables` rewrites them at any time without re-running anything.
+Every grid run is one DVC experiment, `dvc exp run --queue -n grid-<slug>-s<seed> -S seed=<seed>
+-S key=value ...`, relative to the params.yaml of the current commit (the baseline). Seeds are an
+axis: the rows that carry a claim run at `grid.seeds` seeds (params.yaml; `--seeds N` overrides),
+the params.yaml seed and the next ones; the other rows at the params.yaml seed (pipeline.grid_variants).
+`dvc queue start -j 1` runs them one at a time in temporary workspaces; the tables are then built
+from `dvc exp show --json` and the experiments' prediction files, so `python -m pipeline.grid
+tables` rewrites them at any time without re-running anything.
 
-    python -m pipeline.grid list                      # the variants for the selected profile
+    python -m pipeline.grid list [--seeds N]          # the runs for the selected profile
     python -m pipeline.grid queue [--only NAME ...]   # queue them (finished ones are skipped)
-    python -m pipeline.grid run --out-dir reports/grid [--only NAME ...]
+    python -m pipeline.grid run --out-dir reports/grid [--only NAME ...] [--seeds N]
     python -m pipeline.grid tables --out-dir reports/grid
 
-The variants are defined in pipeline.grid_variants, the tables built in pipeline.grid_tables.
+The variants are defined in pipeline.grid_variants, the tables built in pipeline.grid_tables and
+the paired dev/test comparisons (Table 2's verdicts, the claims) in pipeline.grid_paired.
 
 Data-only variants (those feeding only Tables 2 and 4) reproduce up to the `evaluate_teacher`
-stage when dvc.yaml has it (`--full` runs the whole pipeline for them too); all-labels and sec
-run everything. Tables read the teacher from evaluate_teacher.json, else evaluate.json.
+stage when dvc.yaml has it (`--full` runs the whole pipeline for them too); sec runs everything.
+Tables read the teacher from evaluate_teacher.json, else evaluate.json.
 
-Re-running: `queue` / `run` skip a variant whose experiment already succeeded on this baseline
-(nothing runs; the tables are rewritten in seconds). A failed one is queued again. `--rerun`
-removes the finished experiments and queues them again: DVC restores from its run-cache every
-stage whose deps, params and command are unchanged. Only evaluate and report_plots (a `cache: false`
-report.md and PNGs, which keep a stage out of the run-cache) always rerun; the training stages
-declare their dvclive curves as `cache: false` plots and metrics, which do not.
+Re-running: `queue` / `run` skip a run whose experiment already succeeded (nothing runs; the tables
+are rewritten in seconds), so raising `--seeds` queues only the new seeds. A failed one is queued
+again. `--rerun` removes the finished experiments and queues them again: DVC restores from its
+run-cache every stage whose deps, params and command are unchanged. Only evaluate and report_plots
+(a `cache: false` report.md and PNGs, which keep a stage out of the run-cache) always rerun; the
+training stages declare their dvclive curves as `cache: false` plots and metrics, which do not.
 Experiments start from the current commit (the baseline) plus any uncommitted workspace
 changes, which `dvc exp run --queue` stashes into each queued experiment: commit first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +47,16 @@ from pathlib import Path
 import yaml
 
 from pipeline._dvc_env import LOCK_MARKERS, project_env
+from pipeline.grid_paired import dvc_loader
 from pipeline.grid_tables import collect, profile_of, write_all
 from pipeline.grid_variants import (
     PROFILE_SETTINGS,
     TEACHER_TARGET,
     GridError,
+    GridParams,
     Variant,
     grid_for,
+    seeded,
     select,
 )
 
@@ -58,8 +66,6 @@ from pipeline.grid_variants import (
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
 
 
 def dvc(
@@ -107,7 +113,8 @@ def _has_key(params: dict, dotted: str) -> bool:
 
 
 def set_args(variant: Variant, params: dict, profile: str | None = None) -> list[str]:
-    """`-S` arguments for `variant` against the raw params.yaml `params`.
+    """`-S` arguments for `variant` against the raw params.yaml `params`; a run (a seeded variant)
+    always sets `seed`, the base seed included, so its name and its params say the same.
 
     A key params.yaml does not have yet (a param the stage accepts with a default) is appended
     with Hydra's `+key=value`; a plain `key=value` on a missing key makes DVC refuse the run.
@@ -115,6 +122,8 @@ def set_args(variant: Variant, params: dict, profile: str | None = None) -> list
     args: list[str] = []
     if profile and params.get("profile") != profile:
         args += ["-S", f"profile={profile}"]
+    if variant.seed is not None:
+        args += ["-S", f"{'' if 'seed' in params else '+'}seed={int(variant.seed)}"]
     for key, value in variant.overrides.items():
         prefix = "" if _has_key(params, key) else "+"
         args += ["-S", f"{prefix}{key}={_format_value(value)}"]
@@ -144,14 +153,35 @@ def read_params(repo: str | Path = ".") -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def grid_params(params: dict) -> GridParams:
+    try:
+        return GridParams.model_validate(params.get("grid") or {})
+    except ValueError as err:
+        raise GridError(f"params.yaml `grid:` section: {err}") from err
+
+
 def repo_grid(
     repo: str | Path = ".", profile: str | None = None, budgets: Sequence[int] | None = None
 ) -> tuple[str, list[Variant]]:
-    """(profile, grid) for the repository's params.yaml, `profile` overriding its `profile` key."""
+    """(profile, rows) for the repository's params.yaml, `profile` overriding its `profile` key."""
     params = read_params(repo)
     profile = profile or params.get("profile") or "cpu"
     default_budget = (params.get("active_select") or {}).get("budget") if params.get("profile") == profile else None
     return profile, grid_for(profile, budgets=budgets, default_budget=default_budget)
+
+
+def repo_runs(
+    repo: str | Path = ".",
+    profile: str | None = None,
+    budgets: Sequence[int] | None = None,
+    seeds: int | None = None,
+) -> tuple[str, list[Variant]]:
+    """(profile, runs): the rows expanded over seeds from params.yaml's `seed` and `grid.seeds`
+    (`seeds` overrides the latter)."""
+    params = read_params(repo)
+    profile, rows = repo_grid(repo, profile, budgets)
+    count = seeds if seeds is not None else grid_params(params).seeds
+    return profile, seeded(rows, int(params.get("seed", 42)), count)
 
 
 # Experiments of the last commits count: committing the tables (or docs) after a grid run must not
@@ -195,19 +225,20 @@ def queue(
     *,
     repo: str | Path = ".",
     budgets: Sequence[int] | None = None,
+    seeds: int | None = None,
     rerun: bool = False,
     full: bool = False,
     log: Callable[[str], None] = say,
 ) -> list[Variant]:
-    """Queue the selected variants as DVC experiments; returns the variants queued.
+    """Queue the selected runs as DVC experiments; returns the runs queued.
 
-    A variant whose experiment already succeeded on this baseline is skipped (`rerun`: removed and
-    queued again); one already queued or running is left alone; a failed one is queued again.
-    Variants that feed only Tables 2 and 4 stop at the `evaluate_teacher` stage unless `full`.
+    A run whose experiment already succeeded is skipped (`rerun`: removed and queued again); one
+    already queued or running is left alone; a failed one is queued again. Variants that feed
+    only Tables 2 and 4 stop at the `evaluate_teacher` stage unless `full`.
     """
     params = read_params(repo)
-    profile, grid = repo_grid(repo, profile, budgets)
-    chosen = select(grid, names)
+    profile, runs = repo_runs(repo, profile, budgets, seeds)
+    chosen = select(runs, names)
     existing = {r["name"]: r["state"] for r in collect(exp_show(repo)) if not r["is_baseline"]}
     stages = pipeline_stages(repo)
     todo = []
@@ -230,7 +261,7 @@ def queue(
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip()[-2000:]
             raise GridError(f"queueing {variant.exp_name} ({variant.name}) failed: `{' '.join(cmd)}`\n{tail}")
-        log(f"queued {variant.exp_name}: {' '.join(cmd[6:]) or '(default params)'}")
+        log(f"queued {variant.exp_name}: {' '.join(cmd[6:])}")
     return todo
 
 
@@ -354,6 +385,7 @@ def run(
     repo: str | Path = ".",
     out_dir: str | Path = "reports/grid",
     budgets: Sequence[int] | None = None,
+    seeds: int | None = None,
     rerun: bool = False,
     full: bool = False,
     jobs: int = 1,
@@ -364,12 +396,12 @@ def run(
     """Queue, start the queue worker, wait, report failures, write the tables; returns a summary."""
     started = time.monotonic()
     before = {t.id for t in queue_status(repo)[0]}
-    variants = queue(names, profile, repo=repo, budgets=budgets, rerun=rerun, full=full, log=log)
+    variants = queue(names, profile, repo=repo, budgets=budgets, seeds=seeds, rerun=rerun, full=full, log=log)
     wanted = {v.exp_name for v in variants}
     tasks, _ = queue_status(repo)
     # New tasks of ours, plus ours still pending from an earlier call (e.g. a `queue` before `run`).
     _, grid = repo_grid(repo, profile, budgets)
-    ours = {v.exp_name for v in select(grid, names)}
+    ours = {v.exp_name for v in select(repo_runs(repo, profile, budgets, seeds)[1], names)}
     watch = {
         t.id
         for t in tasks
@@ -397,7 +429,7 @@ def run(
     else:
         log("nothing to run: every selected experiment is done (--rerun to run them again)")
     records = collect(exp_show(repo))
-    written = write_all(records, out_dir, grid=grid)
+    written = write_all(records, out_dir, grid=grid, load=dvc_loader(repo), log=log)
     summary["tables"] = [str(p) for p in written]
     summary["seconds"] = round(time.monotonic() - started, 1)
     log(f"grid done in {_minutes(summary['seconds'])}; tables in {out_dir}")
@@ -418,10 +450,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--budgets", type=int, nargs="+", help="label-fraction curve budgets (default: the profile's)")
         if selecting:
             p.add_argument(
-                "--only", nargs="+", metavar="NAME", help="variants (or tables: main data compression curve)"
+                "--only", nargs="+", metavar="NAME",
+                help="rows (every seed), experiments (one seed) or tables: main data compression curve",
+            )  # fmt: skip
+            p.add_argument(
+                "--seeds", type=int, help="seeds of the claim rows (default: params.yaml grid.seeds, else 3)"
             )
 
-    common(sub.add_parser("list", help="print the grid"))
+    common(sub.add_parser("list", help="print the grid's runs"))
     p = sub.add_parser("queue", help="queue the grid's experiments")
     common(p)
     p.add_argument("--rerun", action="store_true", help="queue experiments that already succeeded again")
@@ -434,10 +470,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="experiments at a time (default 1)")
     p.add_argument("--poll", type=float, default=15.0, help="seconds between queue polls")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds (the queue keeps running)")
-    p = sub.add_parser("tables", help="write the tables from the current `dvc exp show --json`")
+    p = sub.add_parser("tables", help="write the tables from the current `dvc exp show --json` (every seed found)")
     common(p, selecting=False)
     p.add_argument("--out-dir", default="reports/grid")
     p.add_argument("--json", type=Path, help="read a saved `dvc exp show --json` instead of calling dvc")
+    p.add_argument(
+        "--no-paired", action="store_true",
+        help="skip the paired dev/test comparisons (no prediction files read: verdicts and claims say n/a)",
+    )  # fmt: skip
     return parser
 
 
@@ -445,16 +485,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
-            profile, grid = repo_grid(args.repo, args.profile, args.budgets)
+            profile, runs = repo_runs(args.repo, args.profile, args.budgets, args.seeds)
             stages = pipeline_stages(args.repo)
-            print(f"profile {profile}: variant, experiment, tables, last stage, params set")
-            for v in select(grid, args.only):
+            chosen = select(runs, args.only)
+            print(
+                f"profile {profile}, {len(chosen)} experiment(s): variant, seed, experiment, tables, last stage, params set"
+            )
+            for v in chosen:
                 sets = " ".join(f"{k}={_format_value(val)}" for k, val in v.overrides.items()) or "(default params)"
                 last = target_for(v, stages) or "all"
-                print(f"{v.name:<24} {v.exp_name:<30} {','.join(v.tables):<22} {last:<17} {sets}")
+                print(f"{v.name:<24} {v.seed:<5} {v.exp_name:<34} {','.join(v.tables):<22} {last:<17} {sets}")
             return 0
         if args.command == "queue":
-            queue(args.only, args.profile, repo=args.repo, budgets=args.budgets, rerun=args.rerun, full=args.full)
+            queue(
+                args.only, args.profile, repo=args.repo, budgets=args.budgets, seeds=args.seeds,
+                rerun=args.rerun, full=args.full,
+            )  # fmt: skip
             print("start it with `dvc queue start -j 1`; follow it with `dvc queue status`")
             return 0
         if args.command == "run":
@@ -464,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repo=args.repo,
                 out_dir=args.out_dir,
                 budgets=args.budgets,
+                seeds=args.seeds,
                 rerun=args.rerun,
                 full=args.full,
                 jobs=args.jobs,
@@ -477,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = None
             if args.profile or args.budgets:
                 grid = grid_for(args.profile or profile_of(records), budgets=args.budgets)
-            for path in write_all(records, args.out_dir, grid):
+            load = None if args.no_paired else dvc_loader(args.repo)
+            for path in write_all(records, args.out_dir, grid, load=load, log=say):
                 print(f"wrote {path}")
             return 0
     except GridError as err:
@@ -488,4 +536,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

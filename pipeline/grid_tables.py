@@ -1,10 +1,17 @@
-"""The ablation grid's paper-style tables, built from `dvc exp show --json` alone.
+"""The ablation grid's paper-style tables, built from `dvc exp show --json` and the runs' predictions.
 
 `collect` flattens DVC's JSON into one record per baseline and experiment; `tables` builds Table 1
-(main result + published anchors), Table 2 (data ablation), Table 3 (compression ablation) and
-Table 4 (label-fraction curve); `write_all` writes them as markdown + CSV, with verdicts.json (what
-the controller reads), the accuracy-vs-label-fraction rows and the PNGs. Nothing here runs DVC
-experiments, so `python -m pipeline.grid tables` rewrites the tables at any time.
+(main result + published anchors), Table 2 (data ablation), Table 3 (compression ablation),
+Table 4 (label-fraction curve), the claims table and the stage-time table; `write_all` writes them
+as markdown + CSV, with verdicts.json (what the controller reads), verdict_details.json, the
+accuracy-vs-label-fraction rows and the PNGs. Nothing here runs DVC experiments, so
+`python -m pipeline.grid tables` rewrites the tables at any time.
+
+Seeds: a row's runs are its experiments `grid-<slug>-s<seed>` (pipeline.grid_variants); every
+accuracy is the mean over the row's seeds with a 95 % Student-t interval (pipeline.stats.mean_ci);
+a row with one seed shows its single value and says n=1. Quality figures are TEST figures (the
+test split reports); the verdicts and the claims' decisions come from the paired DEV comparison
+(pipeline.grid_paired), never from test numbers.
 """
 
 from __future__ import annotations
@@ -13,31 +20,44 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.grid_paired import Loader, compare_runs
 from pipeline.grid_variants import (
     GRID,
     PROFILE_SETTINGS,
-    TABLES,
     TEACHER_TARGET,
     Variant,
+    claims_for,
     grid_for,
+    split_exp_name,
 )
+from pipeline.stats import mean_ci
 
 TABLE_FILES = {
     "main": "table1_main",
     "data": "table2_data",
     "compression": "table3_compression",
     "curve": "table4_label_fraction",
+    "claims": "claims",
+    "compute": "stage_time",
 }
+MARKDOWN_ORDER = ("main", "data", "claims", "compression", "curve", "compute")
 FRACTION_FILE = "accuracy_vs_label_fraction.json"
+VERDICTS_FILE = "verdicts.json"
+VERDICT_DETAILS_FILE = "verdict_details.json"
 NOT_RUN = "not run"
 # Stages whose `seconds` make up training time (prepare has none; evaluate is not training).
 TEACHER_STAGES = ("active_select", "augment", "back_translate", "fine_tune")
 DEPLOY_STAGES = (*TEACHER_STAGES, "prune", "distill", "quantize")
+# Stages whose `seconds` a run's stage time sums: a teacher-only run stops at evaluate_teacher (its
+# prune/distill/... metrics are the baseline's, carried along, so they are not its time).
+TEACHER_RUN_STAGES = ("prepare", *TEACHER_STAGES, TEACHER_TARGET)
+FULL_RUN_STAGES = (*TEACHER_RUN_STAGES, "prune", "distill", "quantize", "evaluate", "evaluate_timing")
 COMPRESSION_ROWS = (
     ("teacher", "teacher"),
     ("+pruning", "pruned"),
@@ -90,7 +110,7 @@ def collect(exp_show_json: str | bytes | list) -> list[dict]:
     experiments: [{name, executor: {state, local: {log, returncode, ...}} | null, revs: [{rev, name,
     error, data}]}]}. A record is {name, rev, baseline, is_baseline, state (baseline | queued |
     running | success | failed), timestamp, error, params: {dotted key: value},
-    metrics: {"<file stem>.<dotted key>": value}}, e.g. metrics["evaluate.models.teacher.accuracy"].
+    metrics: {"<file stem>.<dotted key>": value}}, e.g. metrics["evaluate.models.teacher.test.accuracy"].
     """
     data = json.loads(exp_show_json) if isinstance(exp_show_json, (str, bytes)) else exp_show_json
     records = []
@@ -164,98 +184,68 @@ PUBLISHED = [
     },
 ]
 
+
+CI = ("_low", "_high")  # a column X with X_low and X_high is a mean (or a difference) with its 95 % CI
+
+
+def _with_ci(*columns: str) -> list[str]:
+    return [c for col in columns for c in (col, col + CI[0], col + CI[1])]
+
+
 MAIN_COLUMNS = [
-    "source",
-    "system",
-    "experiment",
-    "status",
-    "labelled_examples",
-    "label_fraction_pct",
-    "train_minutes",
-    "size_mb",
-    "latency_ms_b32",
-    "accuracy_pct",
-    "macro_f1_pct",
-    "perplexity",
-    "size_ratio_x",
-    "speedup_x",
-    "accuracy_delta_pts",
-    "data_saved_pct",
-    "note",
-]
+    "source", "system", "experiment", "status", "seeds", "labelled_examples", "label_fraction_pct",
+    "train_minutes", "size_mb", "latency_ms_b32", *_with_ci("test_accuracy_pct"), "test_macro_f1_pct",
+    "test_perplexity", "size_ratio_x", *_with_ci("speedup_x"), "accuracy_delta_pts", "data_saved_pct", "note",
+]  # fmt: skip
 DATA_COLUMNS = [
-    "variant",
-    "experiment",
-    "status",
-    "description",
-    "labelled_examples",
-    "label_fraction_pct",
-    "pseudo_rows",
-    "train_rows",
-    "fine_tune_minutes",
-    "accuracy_pct",
-    "macro_f1_pct",
-    "perplexity",
-    "accuracy_delta_pts",
-    "macro_f1_delta_pts",
-    "parent",
-    "delta_vs_parent_pts",
-    "helped",
-]
+    "variant", "experiment", "status", "seeds", "description", "labelled_examples", "label_fraction_pct",
+    "pseudo_rows", "train_rows", "fine_tune_minutes", "dev_accuracy_pct", *_with_ci("test_accuracy_pct"),
+    "test_macro_f1_pct", "test_perplexity", "accuracy_delta_pts", "parent", "paired_seeds",
+    *_with_ci("dev_delta_vs_parent_pts"), "p_mcnemar", "helped",
+]  # fmt: skip
 COMPRESSION_COLUMNS = [
-    "step",
-    "model",
-    "experiment",
-    "status",
-    "params",
-    "params_ratio",
-    "size_mb",
-    "size_ratio_x",
-    "latency_ms_b32",
-    "speedup_x",
-    "accuracy_pct",
-    "macro_f1_pct",
-    "perplexity",
-    "accuracy_delta_pts",
-]
+    "step", "model", "experiment", "status", "seeds", "params", "params_ratio", "size_mb", "size_ratio_x",
+    "latency_ms_b32", *_with_ci("speedup_x"), *_with_ci("test_accuracy_pct"), "test_macro_f1_pct",
+    "test_perplexity", "accuracy_delta_pts",
+]  # fmt: skip
 CURVE_COLUMNS = [
-    "variant",
-    "experiment",
-    "status",
-    "strategy",
-    "budget",
-    "labelled_examples",
-    "label_fraction_pct",
-    "accuracy_pct",
-    "macro_f1_pct",
-    "accuracy_delta_pts",
-]
+    "variant", "experiment", "status", "seeds", "strategy", "budget", "labelled_examples", "label_fraction_pct",
+    *_with_ci("test_accuracy_pct"), "test_macro_f1_pct", "accuracy_delta_pts",
+]  # fmt: skip
+CLAIM_COLUMNS = [
+    "claim", "split", "baseline", "variant", "seeds", "examples", "baseline_accuracy_pct",
+    "variant_accuracy_pct", *_with_ci("diff_pts"), "p_mcnemar", "verdict", "note",
+]  # fmt: skip
+COMPUTE_COLUMNS = ["variant", "experiments", "stage_minutes", "minutes_per_experiment"]
 
 CAPTIONS = {
     "main": "Table 1. Main result: the all-labels teacher against the SEC deployed model (the quantized model of the "
-    "`sec` experiment). Accuracy deltas and data saved are against the all-labels teacher. Size and speed "
-    "ratios are the `sec` run's, measured against its own teacher (the same architecture and size) in one process; "
-    "the all-labels row's latency is that teacher's. Training time is the sum of the stages' `seconds`. Rows "
-    "marked `published` are numbers quoted from the literature (their own models, data and hardware), not measured here.",
-    "data": "Table 2. Data-efficiency ablation: each data variant's teacher (before compression). Deltas are accuracy "
-    "/ macro-F1 points against the all-labels teacher; `helped` compares a row with its parent row (one seed): `noise` within ±0.5 points.",
-    "compression": "Table 3. Compression ablation, all from the `sec` experiment's evaluate.json: each step adds one "
-    "compression to the one above. Ratios and deltas are against that experiment's teacher.",
+    "`sec` experiments). Accuracy is on the TEST split, the mean over seeds with a 95 % t-interval (n=1: one seed, "
+    "no interval). The accuracy delta (difference of the means) and data saved are against the all-labels teacher; "
+    "the paired test of that difference is in the claims table. Size ratios are the `sec` runs' evaluate.json, "
+    "speed ratios their evaluate_timing.json, each against its own teacher (the same architecture and size) in one "
+    "process; the all-labels row's latency is that teacher's. Training time is the mean per run of the stages' "
+    "`seconds`. Rows marked `published` are numbers quoted from the literature (their own models, data and "
+    "hardware), not measured here.",
+    "data": "Table 2. Data-efficiency ablation: each data variant's teacher (before compression). Test accuracy is the "
+    "mean over seeds with a 95 % t-interval; the delta is against the all-labels teacher's mean. `helped` judges a "
+    "row against its parent row on the DEV split: a paired bootstrap of the accuracy difference on the same dev "
+    "examples, pooled over the seeds both rows ran (`paired_seeds`, resampled within each seed), with McNemar's exact "
+    "p; `helped` when the 95 % interval lies above 0, `hurt` below, `not shown` when it contains 0.",
+    "compression": "Table 3. Compression ablation, all from the `sec` experiments: each step adds one "
+    "compression to the one above. Size ratios and accuracy deltas are evaluate.json's (test split), latency and "
+    "speed-ups evaluate_timing.json's, each against that run's own teacher, averaged over seeds.",
     "curve": "Table 4. Active against random selection across label fractions (no augmentation), with the all-labels "
-    "point; the delta is against the all-labels teacher.",
+    "point: test accuracy, mean over seeds with a 95 % t-interval; the delta is against the all-labels teacher.",
+    "claims": "Claims. Paired comparisons of the variant against the baseline row at the same seeds, pooled over "
+    "those seeds (bootstrap within each seed, 95 % interval of the accuracy difference in points, McNemar's exact p "
+    "on the same pairs). The DEV rows decide; the TEST rows report. `better` / `worse`: the interval excludes 0.",
+    "compute": "Stage time. The sum of each experiment's stage `seconds` (wall time of each stage on the machine "
+    "that ran it), per row over its seeds and in total. A stage DVC restored from its run-cache carries the seconds "
+    "of the run that computed it, so this is what the results cost to compute, not how long the last session took; "
+    "a teacher-only run counts its stages up to evaluate_teacher.",
 }
-
-
-# One seed per variant; teachers of the same profile moved 0.5-1 point between identical runs, so
-# a smaller difference is reported as noise, not as help or harm.
-NOISE_PTS = 0.5
-
-
-def helped_word(delta_pts: float) -> str:
-    """Table 2's `helped` for an accuracy difference (points) against the parent row."""
-    if math.isnan(delta_pts):
-        return "n/a"
-    return "yes" if delta_pts > NOISE_PTS else "no" if delta_pts < -NOISE_PTS else "noise"
+CLAIM_WORDS = {"helped": "better", "hurt": "worse"}
 
 
 def _num(value) -> float:
@@ -267,7 +257,7 @@ def _num(value) -> float:
         return math.nan
 
 
-def _metric(record: dict | None, key: str) -> float:
+def _metric(record: Mapping | None, key: str) -> float:
     return _num((record or {}).get("metrics", {}).get(key))
 
 
@@ -279,7 +269,7 @@ def _round(value: float, digits: int = 2) -> float:
     return round(value, digits) if not math.isnan(value) else math.nan
 
 
-def label_fraction(record: dict | None) -> float:
+def label_fraction(record: Mapping | None) -> float:
     """Labelled (gold) pairs over all pairs the run could have labelled (seed + pool)."""
     value = _metric(record, "active_select.label_fraction")
     if not math.isnan(value):
@@ -289,19 +279,78 @@ def label_fraction(record: dict | None) -> float:
     return labelled / total if total and not math.isnan(total) else math.nan
 
 
-def teacher_metric(record: dict | None, key: str) -> float:
-    """A teacher quality metric: the teacher-only evaluation, else evaluate.json's teacher (same model, same data)."""
+def teacher_metric(record: Mapping | None, key: str) -> float:
+    """A teacher metric (`test.accuracy`, `size_mb`): the teacher-only evaluation, else evaluate.json's
+    teacher (same model, same data)."""
     value = _metric(record, f"{TEACHER_TARGET}.models.teacher.{key}")
     return value if not math.isnan(value) else _metric(record, f"evaluate.models.teacher.{key}")
 
 
-def train_minutes(record: dict | None, stages: Sequence[str]) -> float:
+def model_metric(record: Mapping | None, model: str, key: str) -> float:
+    """A model's metric: quality and size from evaluate.json, `latency_ms_b32` / `speedup` /
+    `throughput_pairs_per_s` from evaluate_timing.json; the teacher's quality may come from evaluate_teacher."""
+    if key in ("latency_ms_b32", "speedup", "throughput_pairs_per_s"):
+        return _metric(record, f"evaluate_timing.models.{model}.{key}")
+    if model == "teacher":
+        return teacher_metric(record, key)
+    return _metric(record, f"evaluate.models.{model}.{key}")
+
+
+def train_minutes(record: Mapping | None, stages: Sequence[str]) -> float:
     values = [_metric(record, f"{stage}.seconds") for stage in stages]
     known = [v for v in values if not math.isnan(v)]
     return sum(known) / 60 if known else math.nan
 
 
-def _by_name(records: Sequence[dict]) -> dict[str, dict]:
+# --------------------------------------------------------------------------------------------
+# A row's runs.
+
+
+@dataclass
+class RowRuns:
+    """A grid row's experiments: the usable runs by seed, the others' states, and a display label."""
+
+    row: Variant
+    ok: dict[int, dict] = field(default_factory=dict)
+    other: dict[int, str] = field(default_factory=dict)  # seed -> queued | running | failed | ...
+    label: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.ok:
+            rest = ", ".join(f"s{seed} {state}" for seed, state in sorted(self.other.items()))
+            return f"ok ({rest})" if rest else "ok"
+        if self.other:
+            return self.other[max(self.other)]  # the newest seed's state
+        return NOT_RUN
+
+    @property
+    def seeds(self) -> int:
+        return len(self.ok)
+
+    def values(self, fn: Callable[[dict], float]) -> list[float]:
+        out = [fn(rec) for _, rec in sorted(self.ok.items())]
+        return [v for v in out if not math.isnan(v)]
+
+    def mean(self, fn: Callable[[dict], float]) -> float:
+        values = self.values(fn)
+        return sum(values) / len(values) if values else math.nan
+
+    def ci(self, fn: Callable[[dict], float]) -> tuple[float, float, float]:
+        """(mean, low, high) over seeds; one value gives (v, nan, nan), none (nan, nan, nan)."""
+        values = self.values(fn)
+        return mean_ci(values) if values else (math.nan, math.nan, math.nan)
+
+
+def _exp_label(row: Variant, seeds: Sequence[int]) -> str:
+    if not seeds:
+        return f"{row.row_name}-s*"
+    if len(seeds) == 1:
+        return f"{row.row_name}-s{seeds[0]}"
+    return f"{row.row_name}-s{{{','.join(str(s) for s in seeds)}}}"
+
+
+def _newest_by_name(records: Sequence[dict]) -> dict[str, dict]:
     """Experiments by name; with duplicates (several baselines), the newest."""
     out: dict[str, dict] = {}
     for rec in records:
@@ -313,26 +362,36 @@ def _by_name(records: Sequence[dict]) -> dict[str, dict]:
     return out
 
 
-def _status(record: dict | None) -> str:
-    if record is None:
-        return NOT_RUN
-    state = record.get("state")
-    return "ok" if state in ("success", "baseline") else str(state)
+def _usable(record: Mapping | None) -> bool:
+    return record is not None and record.get("state") in ("success", "baseline")
 
 
-def _usable(record: dict | None) -> dict | None:
-    return record if record is not None and record.get("state") in ("success", "baseline") else None
-
-
-def _sec_record(found: dict[str, dict], records: Sequence[dict], variant: Variant) -> tuple[dict | None, str]:
-    """The `sec` experiment, or else the baseline commit's own metrics (the default params, committed)."""
-    rec = found.get(variant.exp_name)
-    if rec is not None:
-        return rec, variant.exp_name
-    for base in records:
-        if base.get("is_baseline") and not math.isnan(_metric(base, "evaluate.models.quantized.accuracy")):
-            return base, f"baseline {base['name']} ({str(base['rev'])[:7]})"
-    return None, variant.exp_name
+def row_runs(records: Sequence[dict], grid: Sequence[Variant]) -> dict[str, RowRuns]:
+    """Row name -> its runs: experiments named `<row>-s<seed>` (names without a seed suffix, from
+    before seeds were an axis, never count). `sec` without any run falls back to the baseline
+    commit's own metrics (the default params, committed) as a single seed."""
+    stems = {v.row_name: v for v in grid}
+    out = {v.name: RowRuns(v) for v in grid}
+    for name, rec in _newest_by_name(records).items():
+        parsed = split_exp_name(name)
+        if parsed is None or parsed[0] not in stems:
+            continue
+        runs = out[stems[parsed[0]].name]
+        if _usable(rec):
+            runs.ok[parsed[1]] = rec
+        else:
+            runs.other[parsed[1]] = str(rec.get("state") or "unknown")
+    for runs in out.values():
+        runs.label = _exp_label(runs.row, sorted(runs.ok) or sorted(runs.other))
+    sec = out.get("sec")
+    if sec is not None and not sec.ok and not sec.other:
+        for base in records:
+            if base.get("is_baseline") and not math.isnan(_metric(base, "evaluate.models.quantized.test.accuracy")):
+                seed = base.get("params", {}).get("seed")
+                sec.ok[int(seed) if isinstance(seed, int) else 0] = base
+                sec.label = f"baseline {base['name']} ({str(base['rev'])[:7]})"
+                break
+    return out
 
 
 def profile_of(records: Sequence[dict]) -> str:
@@ -352,69 +411,87 @@ def _default_budget(records: Sequence[dict], profile: str) -> int | None:
     return None
 
 
-def tables(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> dict[str, pd.DataFrame]:
-    """The four paper tables, keyed main | data | compression | curve; absent experiments say "not run"."""
+def _ci_cells(column: str, triple: tuple[float, float, float], scale: float = 1.0, digits: int = 2) -> dict:
+    mean, low, high = (v * scale if not math.isnan(v) else math.nan for v in triple)
+    return {column: _round(mean, digits), column + CI[0]: _round(low, digits), column + CI[1]: _round(high, digits)}
+
+
+def _diff(result: Mapping) -> tuple[float, float, float]:
+    """(diff, low, high) in points of a grid_paired.compare_runs result (nan when it has none)."""
+    return tuple(result.get(k, math.nan) for k in ("diff_pts", "low_pts", "high_pts"))
+
+
+def _teacher_acc(rec: dict) -> float:
+    return teacher_metric(rec, "test.accuracy")
+
+
+# --------------------------------------------------------------------------------------------
+# The tables.
+
+
+def tables(
+    records: Sequence[dict], grid: Sequence[Variant] | None = None, *, load: Loader | None = None
+) -> dict[str, pd.DataFrame]:
+    """The tables, keyed main | data | compression | curve | claims | compute; absent experiments say
+    "not run". `load` reads the runs' prediction files for the paired comparisons (Table 2's `helped`
+    and the claims); without it those say "n/a"."""
     if grid is None:
         profile = profile_of(records)
         grid = grid_for(profile, default_budget=_default_budget(records, profile))
-    variants = {v.name: v for v in grid}
-    found = _by_name(records)
+    runs = row_runs(records, grid)
+    empty = RowRuns(Variant("missing", ""))
 
-    def rec_of(name: str) -> tuple[dict | None, str, str]:
-        variant = variants.get(name) or next(v for v in grid_for("cpu") if v.name == name)
-        if name == "sec":
-            rec, label = _sec_record(found, records, variant)
-        else:
-            rec, label = found.get(variant.exp_name), variant.exp_name
-        return _usable(rec), label, _status(rec)
+    def of(name: str) -> RowRuns:
+        return runs.get(name, empty)
 
-    all_rec, all_exp, all_status = rec_of("all-labels")
-    all_acc = teacher_metric(all_rec, "accuracy")
-    all_f1 = teacher_metric(all_rec, "macro_f1")
+    all_runs = of("all-labels")
+    all_acc = all_runs.mean(_teacher_acc)
+    all_labels = all_runs.mean(lambda r: _metric(r, "active_select.labelled_rows"))
+
+    def delta_pts(acc_mean: float) -> float:
+        return _round(_pct(acc_mean - all_acc))
 
     # Table 1 ----------------------------------------------------------------------------------
-    sec_rec, sec_exp, sec_status = rec_of("sec")
-    all_labels = _metric(all_rec, "active_select.labelled_rows")
+    sec_runs = of("sec")
     main_rows = []
-    for system, rec, exp, status, model, stages in (
-        ("All-labels teacher", all_rec, all_exp, all_status, "teacher", TEACHER_STAGES),
-        ("SEC deployed (quantized)", sec_rec, sec_exp, sec_status, "quantized", DEPLOY_STAGES),
+    for system, rr, model, stages in (
+        ("All-labels teacher", all_runs, "teacher", TEACHER_STAGES),
+        ("SEC deployed (quantized)", sec_runs, "quantized", DEPLOY_STAGES),
     ):
         if model == "teacher":
             # Quality from its own (teacher-only) evaluation; latency is the architecture's, timed
-            # in the `sec` run (same model class and shape, same process as the deployed model).
-            size, acc = teacher_metric(rec, "size_mb"), teacher_metric(rec, "accuracy")
-            latency = _metric(sec_rec, "evaluate.models.teacher.latency_ms_b32")
-            size_ratio = speedup = 1.0 if rec is not None else math.nan
-            f1, ppl = teacher_metric(rec, "macro_f1"), teacher_metric(rec, "perplexity")
+            # in the `sec` runs (same model class and shape, same process as the deployed model).
+            size = rr.mean(lambda r: teacher_metric(r, "size_mb"))
+            latency = sec_runs.mean(lambda r: model_metric(r, "teacher", "latency_ms_b32"))
+            size_ratio = 1.0 if rr.ok else math.nan
+            speedup = (1.0, 1.0, 1.0) if rr.ok else (math.nan,) * 3  # its own reference, by definition
         else:
-            size = _metric(rec, f"evaluate.models.{model}.size_mb")
-            latency = _metric(rec, f"evaluate.models.{model}.latency_ms_b32")
-            acc = _metric(rec, f"evaluate.models.{model}.accuracy")
-            size_ratio = _metric(rec, f"evaluate.models.{model}.size_ratio")
-            speedup = _metric(rec, f"evaluate.models.{model}.speedup")
-            f1 = _metric(rec, f"evaluate.models.{model}.macro_f1")
-            ppl = _metric(rec, f"evaluate.models.{model}.perplexity")
-        labelled = _metric(rec, "active_select.labelled_rows")
+            size = rr.mean(lambda r, m=model: model_metric(r, m, "size_mb"))
+            latency = rr.mean(lambda r, m=model: model_metric(r, m, "latency_ms_b32"))
+            size_ratio = rr.mean(lambda r, m=model: model_metric(r, m, "size_ratio"))
+            speedup = rr.ci(lambda r, m=model: model_metric(r, m, "speedup"))
+        acc = rr.ci(lambda r, m=model: model_metric(r, m, "test.accuracy"))
+        labelled = rr.mean(lambda r: _metric(r, "active_select.labelled_rows"))
         main_rows.append(
             {
                 "source": "measured",
                 "system": system,
-                "experiment": exp,
-                "status": status,
+                "experiment": rr.label,
+                "status": rr.status,
+                "seeds": rr.seeds,
                 "labelled_examples": labelled,
-                "label_fraction_pct": _round(_pct(label_fraction(rec))),
-                "train_minutes": _round(train_minutes(rec, stages)),
+                "label_fraction_pct": _round(_pct(rr.mean(label_fraction))),
+                "train_minutes": _round(rr.mean(lambda r, s=stages: train_minutes(r, s))),
                 "size_mb": _round(size, 3),
                 "latency_ms_b32": _round(latency),
-                "accuracy_pct": _round(_pct(acc)),
-                "macro_f1_pct": _round(_pct(f1)),
-                "perplexity": _round(ppl, 3),
+                **_ci_cells("test_accuracy_pct", acc, 100),
+                "test_macro_f1_pct": _round(_pct(rr.mean(lambda r, m=model: model_metric(r, m, "test.macro_f1")))),
+                "test_perplexity": _round(rr.mean(lambda r, m=model: model_metric(r, m, "test.perplexity")), 3),
                 "size_ratio_x": _round(size_ratio, 3),
-                "speedup_x": _round(speedup, 3),
-                "accuracy_delta_pts": _round(_pct(acc - all_acc)),
+                **_ci_cells("speedup_x", speedup, 1, 3),
+                "accuracy_delta_pts": delta_pts(acc[0]),
                 "data_saved_pct": _round(_pct(1 - labelled / all_labels)) if all_labels else math.nan,
-                "note": "" if rec is not None else f"{exp}: {status}",
+                "note": "" if rr.ok else f"{rr.label}: {rr.status}",
             }
         )
     for ref in PUBLISHED:
@@ -423,115 +500,182 @@ def tables(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> di
 
     # Table 2 ----------------------------------------------------------------------------------
     data_rows = []
-    accuracy_of: dict[str, float] = {}
     for variant in (v for v in grid if "data" in v.tables):
-        rec, exp, status = rec_of(variant.name)
-        acc = teacher_metric(rec, "accuracy")
-        accuracy_of[variant.name] = acc
-        f1 = teacher_metric(rec, "macro_f1")
-        pseudo = _metric(rec, "active_select.pseudo_rows")
-        if rec is not None and math.isnan(pseudo):
+        rr = of(variant.name)
+        acc = rr.ci(_teacher_acc)
+        pseudo = rr.mean(lambda r: _metric(r, "active_select.pseudo_rows"))
+        if rr.ok and math.isnan(pseudo):
             pseudo = 0.0  # written before pseudo-labelling existed
-        data_rows.append(
-            {
-                "variant": variant.name,
-                "experiment": exp,
-                "status": status,
-                "description": variant.description,
-                "labelled_examples": _metric(rec, "active_select.labelled_rows"),
-                "label_fraction_pct": _round(_pct(label_fraction(rec))),
-                "pseudo_rows": pseudo,
-                "train_rows": _metric(rec, "fine_tune.train_rows"),
-                "fine_tune_minutes": _round(_metric(rec, "fine_tune.seconds") / 60),
-                "accuracy_pct": _round(_pct(acc)),
-                "macro_f1_pct": _round(_pct(f1)),
-                "perplexity": _round(teacher_metric(rec, "perplexity"), 3),
-                "accuracy_delta_pts": _round(_pct(acc - all_acc)),
-                "macro_f1_delta_pts": _round(_pct(f1 - all_f1)),
-                "parent": variant.parent or "",
-            }
-        )
-    for row in data_rows:
-        parent = row["parent"]
-        if not parent:
-            row["delta_vs_parent_pts"], row["helped"] = math.nan, ""
-            continue
-        delta = _pct(accuracy_of.get(row["variant"], math.nan) - accuracy_of.get(parent, math.nan))
-        row["delta_vs_parent_pts"] = _round(delta)
-        row["helped"] = helped_word(delta)
+        row = {
+            "variant": variant.name,
+            "experiment": rr.label,
+            "status": rr.status,
+            "seeds": rr.seeds,
+            "description": variant.description,
+            "labelled_examples": rr.mean(lambda r: _metric(r, "active_select.labelled_rows")),
+            "label_fraction_pct": _round(_pct(rr.mean(label_fraction))),
+            "pseudo_rows": pseudo,
+            "train_rows": rr.mean(lambda r: _metric(r, "fine_tune.train_rows")),
+            "fine_tune_minutes": _round(rr.mean(lambda r: _metric(r, "fine_tune.seconds")) / 60),
+            "dev_accuracy_pct": _round(_pct(rr.mean(lambda r: teacher_metric(r, "dev.accuracy")))),
+            **_ci_cells("test_accuracy_pct", acc, 100),
+            "test_macro_f1_pct": _round(_pct(rr.mean(lambda r: teacher_metric(r, "test.macro_f1")))),
+            "test_perplexity": _round(rr.mean(lambda r: teacher_metric(r, "test.perplexity")), 3),
+            "accuracy_delta_pts": delta_pts(acc[0]),
+            "parent": variant.parent or "",
+            "paired_seeds": math.nan,
+            **_ci_cells("dev_delta_vs_parent_pts", (math.nan,) * 3),
+            "p_mcnemar": math.nan,
+            "helped": "",
+        }
+        if variant.parent:
+            if load is None:
+                result = {"verdict": "n/a", "seeds": []}
+            else:
+                result = compare_runs(of(variant.parent).ok, rr.ok, "dev", load)
+            row.update(
+                {
+                    "paired_seeds": len(result["seeds"]) if result["seeds"] else math.nan,
+                    **_ci_cells("dev_delta_vs_parent_pts", _diff(result)),
+                    "p_mcnemar": result.get("p_mcnemar", math.nan),
+                    "helped": result["verdict"],
+                }
+            )
+        data_rows.append(row)
     data = pd.DataFrame(data_rows).reindex(columns=DATA_COLUMNS)
 
     # Table 3 ----------------------------------------------------------------------------------
     comp_rows = []
     for step, model in COMPRESSION_ROWS:
-        key = f"evaluate.models.{model}"
+
+        def m(key: str, model=model) -> Callable[[dict], float]:
+            return lambda r: model_metric(r, model, key)
+
         comp_rows.append(
             {
                 "step": step,
                 "model": model,
-                "experiment": sec_exp,
-                "status": sec_status,
-                "params": _metric(sec_rec, f"{key}.params"),
-                "params_ratio": _metric(sec_rec, f"{key}.params_ratio"),
-                "size_mb": _round(_metric(sec_rec, f"{key}.size_mb"), 3),
-                "size_ratio_x": _metric(sec_rec, f"{key}.size_ratio"),
-                "latency_ms_b32": _round(_metric(sec_rec, f"{key}.latency_ms_b32")),
-                "speedup_x": _metric(sec_rec, f"{key}.speedup"),
-                "accuracy_pct": _round(_pct(_metric(sec_rec, f"{key}.accuracy"))),
-                "macro_f1_pct": _round(_pct(_metric(sec_rec, f"{key}.macro_f1"))),
-                "perplexity": _round(_metric(sec_rec, f"{key}.perplexity"), 3),
-                "accuracy_delta_pts": _metric(sec_rec, f"{key}.accuracy_delta_pts"),
+                "experiment": sec_runs.label,
+                "status": sec_runs.status,
+                "seeds": sec_runs.seeds,
+                "params": sec_runs.mean(m("params")),
+                "params_ratio": _round(sec_runs.mean(m("params_ratio")), 3),
+                "size_mb": _round(sec_runs.mean(m("size_mb")), 3),
+                "size_ratio_x": _round(sec_runs.mean(m("size_ratio")), 3),
+                "latency_ms_b32": _round(sec_runs.mean(m("latency_ms_b32"))),
+                **_ci_cells("speedup_x", sec_runs.ci(m("speedup")), 1, 3),
+                **_ci_cells("test_accuracy_pct", sec_runs.ci(lambda r, model=model: _metric(r, f"evaluate.models.{model}.test.accuracy")), 100),
+                "test_macro_f1_pct": _round(_pct(sec_runs.mean(lambda r, model=model: _metric(r, f"evaluate.models.{model}.test.macro_f1")))),
+                "test_perplexity": _round(sec_runs.mean(lambda r, model=model: _metric(r, f"evaluate.models.{model}.test.perplexity")), 3),
+                "accuracy_delta_pts": _round(sec_runs.mean(lambda r, model=model: _metric(r, f"evaluate.models.{model}.test.accuracy_delta_pts"))),
             }
-        )
+        )  # fmt: skip
     compression = pd.DataFrame(comp_rows).reindex(columns=COMPRESSION_COLUMNS)
 
     # Table 4 ----------------------------------------------------------------------------------
     curve_rows = []
     for variant in (v for v in grid if "curve" in v.tables):
-        rec, exp, status = rec_of(variant.name)
+        rr = of(variant.name)
         strategy = {"entropy": "active", "margin": "active (margin)", "all": "all-labels"}.get(
             variant.strategy, variant.strategy
         )
-        budget = _metric(rec, "active_select.budget")
+        budget = rr.mean(lambda r: _metric(r, "active_select.budget"))
         if variant.strategy == "all":
-            budget = _metric(rec, "active_select.pool_rows")
+            budget = rr.mean(lambda r: _metric(r, "active_select.pool_rows"))
         elif math.isnan(budget):
             planned = variant.overrides.get("active_select.budget")
             budget = _num(planned) if planned is not None else math.nan
-        acc = teacher_metric(rec, "accuracy")
+        acc = rr.ci(_teacher_acc)
         curve_rows.append(
             {
                 "variant": variant.name,
-                "experiment": exp,
-                "status": status,
+                "experiment": rr.label,
+                "status": rr.status,
+                "seeds": rr.seeds,
                 "strategy": strategy,
                 "budget": budget,
-                "labelled_examples": _metric(rec, "active_select.labelled_rows"),
-                "label_fraction_pct": _round(_pct(label_fraction(rec))),
-                "accuracy_pct": _round(_pct(acc)),
-                "macro_f1_pct": _round(_pct(teacher_metric(rec, "macro_f1"))),
-                "accuracy_delta_pts": _round(_pct(acc - all_acc)),
+                "labelled_examples": rr.mean(lambda r: _metric(r, "active_select.labelled_rows")),
+                "label_fraction_pct": _round(_pct(rr.mean(label_fraction))),
+                **_ci_cells("test_accuracy_pct", acc, 100),
+                "test_macro_f1_pct": _round(_pct(rr.mean(lambda r: teacher_metric(r, "test.macro_f1")))),
+                "accuracy_delta_pts": delta_pts(acc[0]),
             }
         )
     order = {"random": 0, "active": 1, "active (margin)": 2, "all-labels": 3}
     curve_rows.sort(key=lambda r: (order.get(r["strategy"], 9), math.inf if math.isnan(r["budget"]) else r["budget"]))
     curve = pd.DataFrame(curve_rows).reindex(columns=CURVE_COLUMNS)
 
-    return {"main": main, "data": data, "compression": compression, "curve": curve}
+    # Claims -----------------------------------------------------------------------------------
+    claim_rows = []
+    for claim in claims_for(grid):
+        for split in ("dev", "test"):
+            if load is None:
+                result = {"seeds": [], "examples": math.nan, "verdict": "n/a", "note": "paired comparisons skipped"}
+            else:
+                result = compare_runs(
+                    of(claim.baseline).ok, of(claim.variant).ok, split, load,
+                    baseline_model=claim.baseline_model, variant_model=claim.variant_model,
+                )  # fmt: skip
+            claim_rows.append(
+                {
+                    "claim": claim.name,
+                    "split": split,
+                    "baseline": claim.baseline if claim.baseline_model == "teacher" else f"{claim.baseline} ({claim.baseline_model})",
+                    "variant": claim.variant if claim.variant_model == "teacher" else f"{claim.variant} ({claim.variant_model})",
+                    "seeds": len(result["seeds"]) if result["seeds"] else math.nan,
+                    "examples": result.get("examples") or math.nan,
+                    "baseline_accuracy_pct": _round(result.get("baseline_accuracy_pct", math.nan)),
+                    "variant_accuracy_pct": _round(result.get("variant_accuracy_pct", math.nan)),
+                    **_ci_cells("diff_pts", _diff(result)),
+                    "p_mcnemar": result.get("p_mcnemar", math.nan),
+                    "verdict": CLAIM_WORDS.get(result["verdict"], result["verdict"]),
+                    "note": result.get("note", ""),
+                }
+            )  # fmt: skip
+    claims = pd.DataFrame(claim_rows).reindex(columns=CLAIM_COLUMNS)
+
+    # Stage time -------------------------------------------------------------------------------
+    compute_rows = []
+    all_seconds: list[float] = []
+    for variant in grid:
+        stages = TEACHER_RUN_STAGES if variant.teacher_only else FULL_RUN_STAGES
+        minutes = [train_minutes(rec, stages) for rec in of(variant.name).ok.values()]
+        minutes = [m for m in minutes if not math.isnan(m)]
+        all_seconds += [m * 60 for m in minutes]
+        compute_rows.append(_compute_row(variant.name, minutes))
+    compute_rows.append(_compute_row("total", [s / 60 for s in all_seconds]))
+    compute = pd.DataFrame(compute_rows).reindex(columns=COMPUTE_COLUMNS)
+
+    return {
+        "main": main, "data": data, "compression": compression, "curve": curve, "claims": claims, "compute": compute,
+    }  # fmt: skip
+
+
+def _compute_row(name: str, minutes: Sequence[float]) -> dict:
+    total = sum(minutes)
+    return {
+        "variant": name,
+        "experiments": len(minutes),
+        "stage_minutes": round(total, 1) if minutes else math.nan,
+        "minutes_per_experiment": round(total / len(minutes), 1) if minutes else math.nan,
+    }
 
 
 def fraction_rows(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> list[dict]:
-    """Points for an accuracy-vs-label-fraction plot: {strategy, label_fraction (0..1), accuracy (%)}."""
-    curve = tables(records, grid)["curve"]
+    """Points for an accuracy-vs-label-fraction plot: {strategy, label_fraction (0..1), accuracy (% test, mean over seeds)}."""
+    return _fraction_rows(tables(records, grid)["curve"])
+
+
+def _fraction_rows(curve: pd.DataFrame) -> list[dict]:
     rows = []
     for row in curve.itertuples(index=False):
-        if row.status != "ok" or math.isnan(row.label_fraction_pct) or math.isnan(row.accuracy_pct):
+        if not row.status.startswith("ok") or math.isnan(row.label_fraction_pct) or math.isnan(row.test_accuracy_pct):
             continue
         rows.append(
             {
                 "strategy": row.strategy,
                 "label_fraction": round(row.label_fraction_pct / 100, 4),
-                "accuracy": round(float(row.accuracy_pct), 2),
+                "accuracy": round(float(row.test_accuracy_pct), 2),
             }
         )
     return rows
@@ -553,38 +697,75 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-INT_COLUMNS = {"labelled_examples", "pseudo_rows", "train_rows", "params", "budget"}
+INT_COLUMNS = {"labelled_examples", "pseudo_rows", "train_rows", "params", "budget", "seeds", "paired_seeds",
+               "examples", "experiments"}  # fmt: skip
+
+
+def _is_nan(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _cell(value, column: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _is_nan(value):
         return "–"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value).replace("|", "\\|") or " "
     if column in INT_COLUMNS:
         return f"{int(round(value)):,}"
+    if column == "p_mcnemar":
+        return "<0.001" if value < 0.001 else f"{value:.3f}"
     return f"{value:.2f}"
 
 
+def _ci_cell(value, low, high, column: str) -> str:
+    """`m [low, high]`; a mean without an interval (one seed) reads `m (n=1)`."""
+    if _is_nan(value):
+        return "–"
+    if _is_nan(low) or _is_nan(high):
+        return f"{_cell(value, column)} (n=1)"
+    return f"{_cell(value, column)} [{_cell(low, column)}, {_cell(high, column)}]"
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
+    """A markdown table; a column X with X_low and X_high becomes one `X (95 % CI)` column."""
     columns = [str(c) for c in frame.columns]
-    header = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = [
-        "| " + " | ".join(_cell(v, c) for v, c in zip(row, columns)) + " |" for row in frame.itertuples(index=False)
-    ]
+    merged = [c for c in columns if c + CI[0] in columns and c + CI[1] in columns]
+    shown = [c for c in columns if not any(c in (m + CI[0], m + CI[1]) for m in merged)]
+    header = "| " + " | ".join(f"{c} (95 % CI)" if c in merged else c for c in shown) + " |"
+    rule = "|" + "|".join("---" for _ in shown) + "|"
+    body = []
+    for row in frame.to_dict("records"):
+        cells = [
+            _ci_cell(row[c], row[c + CI[0]], row[c + CI[1]], c) if c in merged else _cell(row[c], c) for c in shown
+        ]
+        body.append("| " + " | ".join(cells) + " |")
     return "\n".join([header, rule, *body])
+
+
+def _stage_time_line(compute: pd.DataFrame) -> str:
+    total = compute[compute["variant"] == "total"].iloc[0]
+    if _is_nan(total["stage_minutes"]):
+        return "No finished experiment carries stage times yet."
+    minutes = float(total["stage_minutes"])
+    return (
+        f"Stage time: the grid's {int(total['experiments'])} finished experiments took {minutes:,.1f} min "
+        f"({minutes / 60:.1f} h) in all; per row in the stage-time table below."
+    )
 
 
 def markdown(frames: dict[str, pd.DataFrame], title: str = "Ablation grid") -> str:
     parts = [
         f"# {title}",
         "",
-        "Built by `python -m pipeline.grid tables` from `dvc exp show --json`; `not run` marks a grid "
-        "experiment that does not exist on this baseline (run `scripts/grid.sh --only NAME`).",
+        "Built by `python -m pipeline.grid tables` from `dvc exp show --json` and the experiments' prediction "
+        "files; `not run` marks a grid row without a finished experiment (run `scripts/grid.sh --only NAME`). "
+        "Experiments are `grid-<row>-s<seed>`; accuracy figures are test-split means over seeds with a 95 % "
+        "t-interval, `(n=1)` marks a single seed; decisions (`helped`, verdicts.json) come from the dev split.",
         "",
     ]
-    for key in TABLES:
+    if "compute" in frames:
+        parts += [_stage_time_line(frames["compute"]), ""]
+    for key in MARKDOWN_ORDER:
         if key not in frames:
             continue
         frame = frames[key]
@@ -629,56 +810,102 @@ def write_fraction_rows(records: Sequence[dict], path: str | Path, grid: Sequenc
 
 
 def tradeoff_rows(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> list[dict]:
-    """Accuracy / size / latency of every model the full-pipeline runs measured, for the Pareto plots.
+    """Test accuracy / size / latency of every model the full-pipeline runs measured, for the Pareto plots.
 
     Teacher-only grid experiments are left out: they carry the baseline's evaluate.json.
     """
-    teacher_only = {v.exp_name for v in (grid or GRID) if v.teacher_only}
+    teacher_only = {v.row_name for v in (grid or GRID) if v.teacher_only}
     rows = []
     for rec in records:
-        if _usable(rec) is None or rec["name"] in teacher_only:
+        parsed = split_exp_name(rec["name"]) if not rec.get("is_baseline") else None
+        if not _usable(rec) or (parsed and parsed[0] in teacher_only) or rec["name"] in teacher_only:
             continue
         for model in ("teacher", "pruned", "distilled", "quantized"):
-            acc = _metric(rec, f"evaluate.models.{model}.accuracy")
+            acc = _metric(rec, f"evaluate.models.{model}.test.accuracy")
             size = _metric(rec, f"evaluate.models.{model}.size_mb")
-            latency = _metric(rec, f"evaluate.models.{model}.latency_ms_b32")
+            latency = _metric(rec, f"evaluate_timing.models.{model}.latency_ms_b32")
             if any(math.isnan(v) for v in (acc, size, latency)):
                 continue
             rows.append({"model": model, "experiment": rec["name"], "accuracy": _round(_pct(acc)),
-                         "size_mb": size, "latency_ms": latency})
+                         "size_mb": size, "latency_ms": latency})  # fmt: skip
     return rows
 
 
+# Table 2 rows whose verdict the controller reads, and the component each one adds.
 VERDICT_ROWS = {"active+synonym": "synonym", "active+backtranslation": "backtranslation", "active+pseudo": "pseudo"}
+_VERDICT_BOOL = {"helped": True, "hurt": False, "not shown": None}
 
 
-def verdicts(data_table: pd.DataFrame) -> dict[str, bool]:
-    """component -> whether adding it raised the teacher's accuracy over its parent row (Table 2).
+def verdicts(data_table: pd.DataFrame) -> dict[str, bool | None]:
+    """component -> True (helped: the dev interval lies above 0), False (hurt: below 0) or None (not
+    shown: it contains 0), from Table 2's paired dev comparison with the parent row.
 
-    Components whose rows did not run are left out. The controller reads this file
-    (pipeline.controller.grid_verdicts) and turns down what did not help.
+    Components without a verdict (row not run, no predictions) are left out. The controller reads
+    this file (pipeline.controller.grid_verdicts) and turns down a component that is False.
     """
-    out = {}
+    out: dict[str, bool | None] = {}
     for _, row in data_table.iterrows():
         component = VERDICT_ROWS.get(row["variant"])
-        # "noise" counts as not helping: a component that costs compute must show a gain to stay on.
-        if component and row["helped"] in ("yes", "no", "noise"):
-            out[component] = row["helped"] == "yes"
+        if component and row["helped"] in _VERDICT_BOOL:
+            out[component] = _VERDICT_BOOL[row["helped"]]
     return out
 
 
-def write_all(records: Sequence[dict], out_dir: str | Path, grid: Sequence[Variant] | None = None) -> list[Path]:
-    """Tables (markdown + CSV), verdicts.json, the label-fraction rows and the PNGs under out_dir/plots."""
+def verdict_details(data_table: pd.DataFrame) -> dict[str, dict]:
+    """verdicts.json with its evidence: component -> {verdict, split, diff_pts, low_pts, high_pts,
+    p_mcnemar, seeds} (points of dev accuracy, variant minus parent)."""
+    out = {}
+    for _, row in data_table.iterrows():
+        component = VERDICT_ROWS.get(row["variant"])
+        if component and row["helped"] in _VERDICT_BOOL:
+            out[component] = {
+                "verdict": row["helped"],
+                "split": "dev",
+                "row": row["variant"],
+                "parent": row["parent"],
+                "diff_pts": _json_num(row["dev_delta_vs_parent_pts"]),
+                "low_pts": _json_num(row["dev_delta_vs_parent_pts" + CI[0]]),
+                "high_pts": _json_num(row["dev_delta_vs_parent_pts" + CI[1]]),
+                "p_mcnemar": _json_num(row["p_mcnemar"]),
+                "seeds": None if _is_nan(row["paired_seeds"]) else int(row["paired_seeds"]),
+            }
+    return out
+
+
+def _json_num(value) -> float | None:
+    return None if _is_nan(value) else round(float(value), 4)
+
+
+def write_all(
+    records: Sequence[dict],
+    out_dir: str | Path,
+    grid: Sequence[Variant] | None = None,
+    *,
+    load: Loader | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Tables (markdown + CSV), verdicts.json (+ verdict_details.json), the label-fraction rows and the
+    PNGs under out_dir/plots. `load`: see `tables`."""
     from pipeline.plots import write_pngs
 
-    frames = tables(records, grid)
+    frames = tables(records, grid, load=load)
     written = write_tables(frames, out_dir)
-    verdict_path = Path(out_dir) / "verdicts.json"
-    _atomic_write(verdict_path, json.dumps(verdicts(frames["data"]), indent=2, sort_keys=True) + "\n")
-    written.append(verdict_path)
-    written.append(write_fraction_rows(records, Path(out_dir) / FRACTION_FILE, grid))
+    for name, content in (
+        (VERDICTS_FILE, verdicts(frames["data"])),
+        (VERDICT_DETAILS_FILE, verdict_details(frames["data"])),
+    ):
+        path = Path(out_dir) / name
+        _atomic_write(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    fraction = _fraction_rows(frames["curve"])
+    path = Path(out_dir) / FRACTION_FILE
+    _atomic_write(path, json.dumps(fraction, indent=2) + "\n")
+    written.append(path)
+    if log is not None:
+        missing = [f"{r.claim} ({r.split}): {r.note}" for r in frames["claims"].itertuples() if r.verdict == "n/a"]
+        if missing:
+            log("paired comparisons without a result:\n  " + "\n  ".join(missing))
     rows = tradeoff_rows(records, grid)
     if rows:
-        written += write_pngs(rows, fraction_rows(records, grid), Path(out_dir) / "plots")
+        written += write_pngs(rows, fraction, Path(out_dir) / "plots")
     return written
-

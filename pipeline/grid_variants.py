@@ -1,6 +1,6 @@
 """The ablation grid's variants: what each of its DVC experiments sets, for each profile.
 
-GRID is the cpu profile's grid; `grid_for(profile)` builds any profile's:
+GRID is the cpu profile's grid (its rows); `grid_for(profile)` builds any profile's:
   all-labels              every pool pair labelled, no augmentation: the teacher baseline
   random, active          random / entropy selection at the profile's budget, no augmentation
   active+synonym          + synonym augmentation (the profile's fraction), no back-translation
@@ -13,6 +13,17 @@ GRID is the cpu profile's grid; `grid_for(profile)` builds any profile's:
                           profile's is the `random` / `active` row itself and is not queued twice.
   active@N+steps          the largest active budget trained for the all-labels teacher's steps.
 
+Seeds are an axis: a repeat of a row differs from it only in the top-level `seed`. The rows that
+carry a claim (`Variant.claim`: all-labels, random, active, random@N and active@N at the largest
+curve budget, i.e. 70 % of the labels, and sec) run at `grid.seeds` seeds (params.yaml, default 3):
+the params.yaml seed, seed+1, seed+2, ...; every other row runs at the params.yaml seed only.
+`seeded(rows, base_seed, seeds)` expands rows into runs, one experiment each.
+
+Experiment names: `grid-<slug>-s<seed>` for every run, the base seed included (`grid-active-s42`,
+`grid-active-s43`, `grid-random-b5181-s44`). One scheme with no special case: the seed a run used
+is always in its name, and experiments from before seeds were an axis (`grid-active`, on a
+pipeline without the dev split) never count as a repeat.
+
 pipeline.grid runs them; pipeline.grid_tables turns their `dvc exp show` records into tables.
 """
 
@@ -20,25 +31,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from stages._profiles import PROFILES
 
 EXP_PREFIX = "grid-"
 TABLES = ("main", "data", "compression", "curve")
-# Profile-dependent sizes. curve_budgets: pool pairs labelled for the label-fraction curve. cpu has
-# 1,000 seed + 8,830 pool pairs, so 2000 / 4000 / 5880 give 30.5 / 50.9 / 70.0 % of the 9,830
-# labels; gpu assumes the offline pairs too (2,000 seed + 7,830 pool: 30.5 / 50.9 / 71.2 %); tiny has
-# 24 seed + 36 pool pairs (6 / 12 -> 50 / 60 %). pseudo_size: pool pairs pseudo-labelled in
-# `active+pseudo`, at most the pool left after the profile's budget. matched_steps: the optimizer
-# steps of the all-labels teacher (cpu: 9,830 rows / batch 16 = 615 a epoch, 2 epochs), given to the
-# largest active budget in `active@N+steps` so fewer labels do not also mean fewer steps (None: no
-# such row).
+# Profile-dependent sizes. curve_budgets: pool pairs labelled for the label-fraction curve, chosen
+# for 30 / ~51 / 70 % of the labelable pairs (seed + pool; the dev split is held out before either
+# is drawn). cpu: 9,830 offline pairs - 1,000 dev = 1,000 seed + 7,830 pool = 8,830 labelable, so
+# 1649 / 3500 / 5181 give 2,649 / 4,500 / 6,181 labels = 30.0 / 51.0 / 70.0 %; its own budget (2000)
+# is 34.0 %. gpu, on the offline pairs: 2,000 dev, 2,000 seed + 5,830 pool = 7,830 labelable, so
+# 349 / 2000 / 3481 give 30.0 / 51.1 / 70.0 %. tiny: 24 seed + 36 pool = 60 labelable (its 12 dev
+# pairs come out before), so 6 / 18 give 50 / 70 % (the seed set alone is 40 %; its own budget 12
+# is 60 %). The largest curve budget is the 70 % point whose random@N / active@N rows are claims.
+# pseudo_size: pool pairs pseudo-labelled in `active+pseudo`, at most the pool left after the
+# profile's budget. matched_steps: the optimizer steps of the all-labels teacher (cpu: 8,830 rows /
+# batch 16 = 552 a epoch, 2 epochs = 1,104), given to the largest active budget in
+# `active@N+steps` so fewer labels do not also mean fewer steps (None: no such row).
 PROFILE_SETTINGS: dict[str, dict] = {
-    "cpu": {"pseudo_size": 2000, "curve_budgets": (2000, 4000, 5880), "matched_steps": 1230},
-    "gpu": {"pseudo_size": 1500, "curve_budgets": (1000, 3000, 5000), "matched_steps": None},
-    "tiny": {"pseudo_size": 12, "curve_budgets": (6, 12), "matched_steps": None},
+    "cpu": {"pseudo_size": 2000, "curve_budgets": (1649, 3500, 5181), "matched_steps": 1104},
+    "gpu": {"pseudo_size": 1500, "curve_budgets": (349, 2000, 3481), "matched_steps": None},
+    "tiny": {"pseudo_size": 12, "curve_budgets": (6, 18), "matched_steps": None},
 }
+DEFAULT_SEEDS = 3
+
+
+class GridParams(BaseModel):
+    """params.yaml's `grid:` section (no DVC stage reads it: changing it reruns nothing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seeds: int = Field(default=DEFAULT_SEEDS, ge=1, le=20)  # repeats of the claim rows
+
 
 # Data-only variants (Tables 2 and 4) need the teacher alone: they reproduce up to this stage.
 TEACHER_TARGET = "evaluate_teacher"
@@ -51,15 +77,27 @@ class GridError(RuntimeError):
 
 @dataclass(frozen=True)
 class Variant:
+    """A grid row; with `seed` set, one run of it (one DVC experiment)."""
+
     name: str
     description: str
     overrides: dict[str, object] = field(default_factory=dict)
     tables: tuple[str, ...] = ()
     parent: str | None = None  # the row a data component is judged against in Table 2
+    claim: bool = False  # carries a claim: runs at every seed of `grid.seeds`
+    seed: int | None = None  # None: the row; an int: its run at that seed
+
+    @property
+    def row_name(self) -> str:
+        """The row's experiment stem, `grid-<slug>`: each run appends `-s<seed>`."""
+        return EXP_PREFIX + slug(self.name)
 
     @property
     def exp_name(self) -> str:
-        return EXP_PREFIX + slug(self.name)
+        return self.row_name if self.seed is None else f"{self.row_name}-s{self.seed}"
+
+    def at_seed(self, seed: int) -> Variant:
+        return replace(self, seed=int(seed))
 
     @property
     def teacher_only(self) -> bool:
@@ -73,6 +111,31 @@ class Variant:
         return str(self.overrides.get("active_select.strategy", "entropy"))
 
 
+_SEED_SUFFIX = re.compile(r"^(?P<row>.+)-s(?P<seed>\d+)$")
+
+
+def split_exp_name(name: str) -> tuple[str, int] | None:
+    """`grid-active-s43` -> ("grid-active", 43); None for a name without a seed suffix."""
+    match = _SEED_SUFFIX.match(name or "")
+    return (match["row"], int(match["seed"])) if match else None
+
+
+def seeds_for(variant: Variant, base_seed: int, seeds: int) -> list[int]:
+    """The seeds a row runs at: base_seed.. for a claim row, base_seed alone for the others."""
+    return [base_seed + i for i in range(seeds if variant.claim else 1)]
+
+
+def seeded(rows: Sequence[Variant], base_seed: int, seeds: int = DEFAULT_SEEDS) -> list[Variant]:
+    """Every run of `rows`, seed-major: all rows at the base seed first, then the claim rows' repeats,
+    so a queue stopped half-way has left a complete one-seed grid rather than three seeds of a few rows."""
+    if seeds < 1:
+        raise GridError(f"seeds must be at least 1, got {seeds}")
+    out = []
+    for i in range(seeds):
+        out += [row.at_seed(base_seed + i) for row in rows if i == 0 or row.claim]
+    return out
+
+
 def slug(name: str) -> str:
     """A git-ref-safe experiment suffix: `active+synonym` -> `active-synonym`, `random@2000` -> `random-b2000`."""
     text = name.lower().replace("@", "-b").replace("+", "-")
@@ -83,12 +146,17 @@ def slug(name: str) -> str:
 def grid_for(
     profile: str = "cpu", *, budgets: Sequence[int] | None = None, default_budget: int | None = None
 ) -> list[Variant]:
-    """The ordered grid for `profile`; `default_budget` is the budget random/active run at (None: the profile's)."""
+    """The ordered rows for `profile`; `default_budget` is the budget random/active run at (None: the profile's).
+
+    The largest curve budget is the claim point (70 % of the labels with the profile's budgets).
+    """
     if profile not in PROFILE_SETTINGS:
         raise GridError(f"unknown profile {profile!r}; expected one of {sorted(PROFILE_SETTINGS)}")
     settings = PROFILE_SETTINGS[profile]
     if default_budget is None:
         default_budget = PROFILES[profile]["active_select"]["budget"]
+    curve_budgets = [int(b) for b in (budgets if budgets is not None else settings["curve_budgets"])]
+    claim_budget = max(curve_budgets) if curve_budgets else None
     at_budget = {"active_select.budget": None}  # null: the profile's budget (or params.yaml's value)
     variants = [
         Variant(
@@ -96,12 +164,14 @@ def grid_for(
             "every pool pair labelled, no augmentation (the teacher baseline)",
             {"active_select.strategy": "all", **NO_AUGMENTATION},
             ("main", "data", "curve"),
+            claim=True,
         ),
         Variant(
             "random",
             "random selection at the profile's budget, no augmentation",
             {"active_select.strategy": "random", **at_budget, **NO_AUGMENTATION},
             ("data", "curve"),
+            claim=True,
         ),
         Variant(
             "active",
@@ -109,6 +179,7 @@ def grid_for(
             {"active_select.strategy": "entropy", **at_budget, **NO_AUGMENTATION},
             ("data", "curve"),
             parent="random",
+            claim=True,
         ),
         Variant(
             "active+synonym",
@@ -141,32 +212,37 @@ def grid_for(
             {},
             ("main", "data", "compression"),
             parent="active+synonym",
+            claim=True,
         ),
     ]
     for strategy, label in (("random", "random"), ("entropy", "active")):
-        for budget in budgets if budgets is not None else settings["curve_budgets"]:
+        for budget in curve_budgets:
             if budget == default_budget:
                 continue  # the `random` / `active` row is this point
             variants.append(
                 Variant(
                     f"{label}@{budget}",
                     f"{label} selection of {budget} pool pairs, no augmentation",
-                    {"active_select.strategy": strategy, "active_select.budget": int(budget), **NO_AUGMENTATION},
+                    {"active_select.strategy": strategy, "active_select.budget": budget, **NO_AUGMENTATION},
                     ("curve",),
+                    claim=budget == claim_budget,
                 )
             )
-    if settings["matched_steps"]:
-        budget = max(budgets if budgets is not None else settings["curve_budgets"])
+    if settings["matched_steps"] and claim_budget is not None:
+        same_budget = f"active@{claim_budget}" if claim_budget != default_budget else "active"
         variants.append(
             Variant(
-                f"active@{budget}+steps",
-                f"active selection of {budget} pool pairs trained for the all-labels teacher's "
+                f"active@{claim_budget}+steps",
+                f"active selection of {claim_budget} pool pairs trained for the all-labels teacher's "
                 f"{settings['matched_steps']} optimizer steps, no augmentation",
                 {
-                    "active_select.strategy": "entropy", "active_select.budget": int(budget), **NO_AUGMENTATION,
+                    "active_select.strategy": "entropy",
+                    "active_select.budget": claim_budget,
+                    **NO_AUGMENTATION,
                     "fine_tune.max_steps": settings["matched_steps"],
                 },
                 ("data",),
+                parent=same_budget,  # the same labels at the usual steps: what the extra steps bought
             )
         )
     return variants
@@ -175,17 +251,48 @@ def grid_for(
 GRID: list[Variant] = grid_for("cpu")
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A paired comparison the grid reports: `variant` against `baseline` (rows of the grid), each
+    judged on the named model's predictions (teacher: evaluate_teacher's, else evaluate's)."""
+
+    name: str
+    baseline: str
+    variant: str
+    baseline_model: str = "teacher"
+    variant_model: str = "teacher"
+
+
+def claims_for(rows: Sequence[Variant]) -> list[Claim]:
+    """The claims the grid's rows can test: active vs random at equal budget (the profile's, and the
+    70 % point), 70 % of the labels vs all labels, the deployed model vs the all-labels teacher."""
+    names = {v.name for v in rows}
+    top = {v.strategy: v.name for v in rows if v.claim and "@" in v.name and "curve" in v.tables}
+    random_70, active_70 = top.get("random", "random"), top.get("entropy", "active")
+    out = [Claim("active vs random at the profile's budget", "random", "active")]
+    if (random_70, active_70) != ("random", "active"):
+        out.append(Claim(f"active vs random at equal budget ({active_70} vs {random_70})", random_70, active_70))
+    out += [
+        Claim(f"{active_70} (fewer labels) vs all labels", "all-labels", active_70),
+        Claim("SEC deployed (quantized) vs the all-labels teacher", "all-labels", "sec", variant_model="quantized"),
+    ]
+    return [c for c in out if c.baseline in names and c.variant in names]
+
+
 def select(variants: Sequence[Variant], only: Iterable[str] | None) -> list[Variant]:
-    """The variants named in `only` (name, experiment name, slug or a table: main|data|compression|curve)."""
+    """The variants (rows or runs) named in `only`: a row name, its slug or experiment stem (every
+    seed of it), a run's experiment name (that seed only), or a table: main|data|compression|curve."""
     if not only:
         return list(variants)
     wanted = set()
     for item in only:
         key = item.strip()
-        matches = [v for v in variants if key in (v.name, v.exp_name, slug(v.name)) or key in v.tables]
+        matches = [
+            v for v in variants
+            if key in (v.name, v.row_name, v.exp_name, slug(v.name)) or key in v.tables
+        ]  # fmt: skip
         if not matches:
-            known = ", ".join(v.name for v in variants)
+            known = ", ".join(dict.fromkeys(v.name for v in variants))
             raise GridError(f"unknown grid variant {key!r}; known: {known} (or a table: {', '.join(TABLES)})")
-        wanted.update(v.name for v in matches)
-    return [v for v in variants if v.name in wanted]
-
+        wanted.update(v.exp_name for v in matches)
+    return [v for v in variants if v.exp_name in wanted]
