@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from pipeline._dvc_env import LOCK_MARKERS, project_env
 from pipeline.decide import STAGE_ORDER
+from stages._io import atomic_path
 from stages._params import parse_params
 
 # Stages that put a model on the accelerator when there is one.
@@ -105,32 +108,102 @@ def run_stage(stage: str, repo: str = ".") -> str:
     return "skipped" if skipped else "ran"
 
 
+def set_dotted(node: dict, dotted: str, value: object) -> None:
+    """Set one dotted key (e.g. "prune.ratio") in a params mapping, in place; unknown keys raise."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise KeyError(f"params.yaml has no section {part!r} (from override {dotted!r})")
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(f"params.yaml has no key {dotted!r}")
+    node[leaf] = value
+
+
 def apply_overrides(raw: dict, overrides: dict[str, object]) -> dict:
     """Set dotted keys (e.g. {"prune.ratio": 0.5}) in a params mapping; returns a new mapping."""
     updated = json.loads(json.dumps(raw))
     for dotted, value in overrides.items():
-        node = updated
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise KeyError(f"params.yaml has no section {part!r} (from override {dotted!r})")
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"params.yaml has no key {dotted!r}")
-        node[leaf] = value
+        set_dotted(updated, dotted, value)
     return updated
+
+
+def _round_trip_yaml():
+    """ruamel.yaml in round-trip mode (a DVC dependency): keeps the user's comments, key order
+    and flow lists, and writes None as `null` as the file spells it (ruamel's default is empty)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.width = 4096  # never fold a long line the user wrote on one
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return rt
+
+
+def _flow_style(value: object) -> object:
+    """Mappings and lists set by an override go in as `{a: 1}` / `[a, b]`: a block mapping put where
+    a scalar and its comment were would push the comment onto a line of its own."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(value, dict):
+        node = CommentedMap({k: _flow_style(v) for k, v in value.items()})
+    elif isinstance(value, (list, tuple)):
+        node = CommentedSeq([_flow_style(v) for v in value])
+    else:
+        return value
+    node.fa.set_flow_style()
+    return node
+
+
+def _dump_yaml(rt, doc, stream) -> None:  # one seam, so a test can fail a write halfway
+    rt.dump(doc, stream)
+
+
+def params_lock_path(path: Path) -> Path:
+    """The lock every params.yaml writer takes: in DVC's own scratch directory (.dvc/tmp, which
+    DVC's .gitignore covers) when the file sits in a DVC repository, else a dot-file beside it."""
+    dvc_tmp = path.parent / ".dvc" / "tmp"
+    if dvc_tmp.parent.is_dir():
+        dvc_tmp.mkdir(exist_ok=True)
+        return dvc_tmp / f"{path.name}.lock"
+    return path.parent / f".{path.name}.lock"
+
+
+PARAMS_LOCK_TIMEOUT_S = 120.0
+
+
+def update_params_file(path: str | Path, overrides: dict[str, object]) -> bool:
+    """Validate `overrides` against the whole params file, then write them into it.
+
+    Under a file lock (read, change, write: two flows writing at once both land), atomically
+    (a temp file moved into place: a crash mid-write leaves the old file), and as a round-trip
+    edit (the user's comments and layout survive). Invalid overrides change nothing.
+    Returns whether the file changed.
+    """
+    path = Path(path)
+    with FileLock(str(params_lock_path(path)), timeout=PARAMS_LOCK_TIMEOUT_S):
+        text = path.read_text()
+        raw = yaml.safe_load(text)
+        updated = apply_overrides(raw, overrides)
+        parse_params(updated, str(path))
+        if updated == raw:
+            return False
+        rt = _round_trip_yaml()
+        doc = rt.load(text)
+        for dotted, value in overrides.items():
+            set_dotted(doc, dotted, _flow_style(value))
+        with atomic_path(path) as tmp:
+            with tmp.open("w") as stream:
+                _dump_yaml(rt, doc, stream)
+            tmp.chmod(path.stat().st_mode & 0o777)  # keep the file's permissions
+    return True
 
 
 @task(name="apply-params", cache_policy=NO_CACHE)
 def write_params(overrides: dict[str, object], profile: str | None, repo: str = ".") -> dict:
     """Validate, then write, the overrides into params.yaml; invalid ones change nothing."""
-    path = Path(repo) / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    overrides = {**({"profile": profile} if profile else {}), **overrides}
-    updated = apply_overrides(raw, overrides)  # "profile" is a top-level key like any other
-    parse_params(updated, str(path))
-    if updated != raw:
-        path.write_text(yaml.safe_dump(updated, sort_keys=False))
+    overrides = {**({"profile": profile} if profile else {}), **overrides}  # "profile" is a top-level key like any other
+    update_params_file(Path(repo) / "params.yaml", overrides)
     return overrides
 
 
@@ -139,19 +212,42 @@ def metrics_table(repo: str | Path = ".") -> str:
     return report.read_text() if report.is_file() else "(no report yet)"
 
 
-@task(name="publish-metrics", cache_policy=NO_CACHE)
-def publish_metrics(repo: str = ".") -> dict:
-    """The report as a Prefect markdown artifact, and an event the controller's trigger listens to."""
-    from prefect.events import emit_event
+METRICS_EVENT = "sec.metrics.evaluated"
+# Resource label saying who ran the pipeline. The controller's trigger in prefect.yaml matches only
+# `pipeline`: the controller's own iterations publish with `controller`, so they never wake it again.
+ORIGIN_LABEL = "sec.origin"
+PIPELINE_ORIGIN = "pipeline"
+CONTROLLER_ORIGIN = "controller"
 
+
+def metrics_event(repo: str | Path, origin: str, deployed: str = "quantized") -> dict:
+    """The event publish_metrics emits: name, resource and a payload of DEV numbers (the test
+    split only reports; an event may wake a controller, which must not see test numbers)."""
+    repo = Path(repo)
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    timing_path = repo / "metrics" / "evaluate_timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    model = metrics.get("models", {}).get(deployed, {})
+    dev = model.get("dev", {})
+    return {
+        "event": METRICS_EVENT,
+        "resource": {"prefect.resource.id": f"sec-pipeline.{repo.resolve().name}", ORIGIN_LABEL: origin},
+        "payload": {
+            "model": deployed, "split": "dev",
+            "accuracy": dev.get("accuracy"), "accuracy_delta_pts": dev.get("accuracy_delta_pts"),
+            "size_ratio": model.get("size_ratio"),
+            "speedup": timing.get("models", {}).get(deployed, {}).get("speedup"),
+        },
+    }
+
+
+@task(name="publish-metrics", cache_policy=NO_CACHE)
+def publish_metrics(repo: str = ".", origin: str = PIPELINE_ORIGIN) -> dict:
+    """The report as a Prefect markdown artifact, and an event the controller's trigger listens to
+    (when `origin` is the pipeline's). Returns evaluate.json."""
     metrics = json.loads((Path(repo) / "metrics" / "evaluate.json").read_text())
     create_markdown_artifact(key="sec-metrics", markdown=metrics_table(repo), description="SEC pipeline metrics")
-    deployed = metrics["models"].get("quantized", {})
-    emit_event(
-        event="sec.metrics.evaluated",
-        resource={"prefect.resource.id": f"sec-pipeline.{Path(repo).resolve().name}"},
-        payload={k: deployed.get(k) for k in ("accuracy", "accuracy_delta_pts", "size_ratio", "speedup")},
-    )
+    emit_event(**metrics_event(repo, origin))
     return metrics
 
 

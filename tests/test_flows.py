@@ -8,7 +8,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import make_tiny_repo, run_cmd
+from conftest import REPO, make_tiny_repo, run_cmd
 from pipeline.flows import apply_overrides, run_stage, sec_pipeline, write_params
 from stages._params import ParamsError
 
@@ -51,3 +51,91 @@ def test_pipeline_flow_runs_stages_and_never_answers_a_params_change_from_cache(
         write_params.fn({"prune.ratio": 3.0}, None, str(repo))
     assert (repo / "params.yaml").read_text() == before
     assert run_cmd(["dvc", "status"], repo).stdout.strip().endswith("up to date.")
+
+
+def _scratch_params(tmp_path, dvc_repo: bool = False):
+    """A copy of this repository's params.yaml (comments and all) in a scratch directory."""
+    if dvc_repo:
+        (tmp_path / ".dvc").mkdir()
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    return path
+
+
+def test_write_params_keeps_the_users_comments_and_changes_only_the_set_lines(tmp_path):
+    path = _scratch_params(tmp_path)
+    before = path.read_text()
+    assert "# share of attention heads" in before and "class_fraction: null #" in before
+    write_params.fn({"prune.ratio": 0.5, "augment.class_fraction": {"neutral": 0.5}, "augment.ops": ["swap"]},
+                    "tiny", str(tmp_path))
+    after = path.read_text()
+    changed = [(old, new) for old, new in zip(before.splitlines(), after.splitlines(), strict=True) if old != new]
+    assert [new for _, new in changed] == [
+        "profile: tiny",
+        "  ops: [swap]",
+        "  class_fraction: {neutral: 0.5} # adaptive: {neutral: 0.5, ...} overrides fraction per class (set by the controller)",
+        "  ratio: 0.5           # share of attention heads and FFN channels removed per layer",
+    ]
+    loaded = yaml.safe_load(after)
+    assert loaded["augment"]["class_fraction"] == {"neutral": 0.5} and loaded["prune"]["ratio"] == 0.5
+    assert loaded["data"]["seed_size"] is None  # nulls stay null, not empty
+
+
+def test_write_params_refuses_an_invalid_override_and_leaves_the_file(tmp_path):
+    path = _scratch_params(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(ParamsError, match="prune.ratio"):
+        write_params.fn({"prune.ratio": 3.0}, None, str(tmp_path))
+    with pytest.raises(KeyError, match="prune.ration"):
+        write_params.fn({"prune.ration": 0.5}, None, str(tmp_path))
+    assert path.read_bytes() == before
+
+
+def test_two_concurrent_writers_both_land(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from pipeline import flows
+
+    path = _scratch_params(tmp_path, dvc_repo=True)
+    validate = flows.parse_params
+
+    def slow_validate(*args, **kwargs):  # widen the read-modify-write window so a race would show
+        time.sleep(0.3)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(flows, "parse_params", slow_validate)
+    errors = []
+
+    def writer(overrides):
+        try:
+            write_params.fn(overrides, None, str(tmp_path))
+        except Exception as err:  # surfaced below; a thread's exception would be lost
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(o,)) for o in ({"prune.ratio": 0.5}, {"augment.rate": 0.2})]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded["prune"]["ratio"] == 0.5 and loaded["augment"]["rate"] == 0.2
+    assert (tmp_path / ".dvc" / "tmp" / "params.yaml.lock").exists()  # DVC's gitignored scratch dir
+
+
+def test_a_failure_mid_write_leaves_the_old_params_file(tmp_path, monkeypatch):
+    from pipeline import flows
+
+    path = _scratch_params(tmp_path)
+    before = path.read_bytes()
+
+    def half_dump(rt, doc, stream):
+        stream.write("profile: tiny\nprune:\n")  # half a file, then the disk fills up
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(flows, "_dump_yaml", half_dump)
+    with pytest.raises(OSError, match="No space left"):
+        write_params.fn({"prune.ratio": 0.5}, None, str(tmp_path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".params.yaml.lock", "params.yaml"]  # no temp left behind

@@ -1,0 +1,56 @@
+"""The project's targets and the controller's settings: params.yaml's `controller` section.
+
+The one place the targets are read from (the controller, scripts/benchmark.py and the report all
+call `load_targets`), so they cannot disagree. Prefect-free and DVC-free: a script can import it.
+The targets have no defaults in code on purpose: a second copy here would be the disagreement
+this module exists to end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Targets(BaseModel):
+    """What a deployed model must reach. Accuracy is judged on the DEV split against the teacher
+    accuracy pinned at the start of a controller run (pipeline.decide.Reference)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_accuracy_drop_pts: float = Field(ge=0)  # accuracy points below the teacher, at most
+    min_size_ratio: float = Field(ge=1)  # teacher size / deployed size, at least
+    min_speedup: float = Field(ge=0)  # teacher latency / deployed latency, at least
+    max_labelled_fraction: float = Field(gt=0, le=1)  # labelled pairs / pairs available, at most
+
+
+class ControllerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_iterations: int = Field(default=3, ge=0, le=20)
+    tolerance: float = Field(default=1e-3, ge=0)
+    lambda1: float = Field(default=1.0, ge=0)
+    lambda2: float = Field(default=1.0, ge=0)
+    deployed_model: str = "quantized"
+    targets: Targets
+
+
+class TargetsError(ValueError):
+    """params.yaml's controller section is missing or invalid; the message names the file."""
+
+
+def load_controller_params(params_path: str | Path = "params.yaml") -> ControllerParams:
+    path = Path(params_path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    section = raw.get("controller")
+    if not isinstance(section, dict):
+        raise TargetsError(f"{path}: no `controller` section (it holds the targets)")
+    try:
+        return ControllerParams.model_validate(section)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise TargetsError(f"{path}: invalid `controller` section:\n{err}") from None
+
+
+def load_targets(params_path: str | Path = "params.yaml") -> Targets:
+    """params.yaml's `controller.targets`."""
+    return load_controller_params(params_path).targets

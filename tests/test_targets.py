@@ -1,0 +1,40 @@
+"""The targets have one home, params.yaml's controller.targets, and one loader."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+from pipeline.targets import Targets, TargetsError, load_controller_params, load_targets
+
+
+def test_the_repository_targets_are_the_published_ones():
+    # README and scripts/benchmark.py state these: >= 10x smaller, >= 8x faster, <= 1.0 point.
+    assert load_targets(REPO / "params.yaml") == Targets(
+        max_accuracy_drop_pts=1.0, min_size_ratio=10.0, min_speedup=8.0, max_labelled_fraction=0.5)
+
+
+def test_load_targets_reads_the_file_it_is_given(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"controller": {"max_iterations": 2, "targets": {
+        "max_accuracy_drop_pts": 0.5, "min_size_ratio": 4.0, "min_speedup": 2.0, "max_labelled_fraction": 0.3}}}))
+    assert load_targets(path).min_size_ratio == 4.0
+    assert load_controller_params(path).max_iterations == 2
+
+
+@pytest.mark.parametrize("controller", [None, {"max_iterations": 1}, {"targets": {"min_size_ratio": 10.0}},
+                                        {"targets": {"max_accuracy_drop_pts": 1, "min_size_ratio": 10, "min_speedup": 8,
+                                                     "max_labelled_fraction": 0.5, "min_speed": 8}}])
+def test_missing_or_invalid_targets_are_refused_not_defaulted(tmp_path, controller):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"profile": "cpu", **({"controller": controller} if controller else {})}))
+    with pytest.raises(TargetsError, match="params.yaml"):
+        load_targets(path)
+
+
+def test_the_loader_imports_without_prefect():
+    # scripts/benchmark.py imports it; it must not drag Prefect (slow, starts settings) along.
+    code = "import sys, pipeline.targets; assert 'prefect' not in sys.modules, 'prefect imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
