@@ -119,12 +119,18 @@ def resolve_model(name: str) -> str:
     return name  # a hub id
 
 
-def load_pretrained_classifier(name: str):
-    """A pretrained encoder with a fresh 3-way NLI head, and its tokenizer."""
+def load_pretrained_classifier(name: str, *, seed: int | None = None):
+    """A pretrained encoder with a fresh 3-way NLI head, and its tokenizer.
+
+    The head's weights are random: with `seed` given, torch is seeded right before they are drawn,
+    so the head is the same on every run whatever ran before (every stage passes its seed).
+    """
     path = resolve_model(name)
     id2label = dict(enumerate(LABEL_NAMES))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if seed is not None:
+            torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()}
         )

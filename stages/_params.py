@@ -34,7 +34,12 @@ class DataParams(_Section):
     hub_config: str = "mnli"
     train_split: str = "train"
     eval_split: str = "validation_matched"
-    # Sizes; 0 means "all rows the split has".
+    # Sizes; 0 means "all rows the split has" (dev_size 0: no dev split; decisions then have
+    # nothing to read, which the controller and the grid refuse).
+    # dev: held out of the training pool before anything else is drawn, labelled, never trained
+    # on, selected, augmented or distilled on: the split every decision reads. validation_matched
+    # is the test split: evaluated and reported, never used to choose.
+    dev_size: int = Field(ge=0)
     seed_size: int = Field(ge=1)
     pool_size: int = Field(ge=0)
     eval_size: int = Field(ge=0)
@@ -142,6 +147,9 @@ class EvaluateParams(_Section):
 class Params(_Section):
     profile: Literal["cpu", "gpu", "tiny"]
     seed: int = 42
+    # CPU threads every stage runs with (recorded in its metrics): a float sum split over another
+    # number of threads can round differently, so the thread count is part of what a run is.
+    threads: int = Field(default=2, ge=1)
     data: DataParams
     model: ModelParams
     active_select: ActiveSelectParams
@@ -155,7 +163,7 @@ class Params(_Section):
 
 
 # Sections of params.yaml that are not read by this module (e.g. the controller's).
-PASSTHROUGH_SECTIONS = {"controller"}
+PASSTHROUGH_SECTIONS = {"controller", "grid"}
 
 
 def _merge_profile(raw: dict, source: str) -> dict:
@@ -180,7 +188,7 @@ def _merge_profile(raw: dict, source: str) -> dict:
     for key, preset in PROFILES[profile].items():
         merged.setdefault(key, dict(preset))
     for key in Params.model_fields:
-        if key not in merged and key not in ("profile", "seed"):
+        if key not in merged and key not in ("profile", "seed", "threads"):
             merged[key] = {}
     return merged
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 PROFILES: dict[str, dict[str, dict]] = {
     "cpu": {
-        # All 9,830 distinct offline pairs: 1,000 seed + the rest as the pool; the full
-        # validation_matched set (9,815 pairs) is evaluated.
-        "data": {"seed_size": 1000, "pool_size": 0, "eval_size": 0},
+        # The 9,830 distinct offline pairs: 1,000 held out as the dev split (decisions), 1,000
+        # seed + the remaining 7,830 as the pool; the full validation_matched set (9,815 pairs)
+        # is the test split (reported only).
+        "data": {"dev_size": 1000, "seed_size": 1000, "pool_size": 0, "eval_size": 0},
         "model": {"teacher": "minilm-l6", "max_length": 128},
         "active_select": {"budget": 2000, "acquisition_epochs": 2.0, "batch_size": 16, "learning_rate": 1e-4},
         "augment": {"fraction": 0.25},
@@ -35,7 +36,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "gpu": {
         # seed/pool sizes of 0 mean "everything the split has" (393k pairs online; the 9.8k
         # offline pool otherwise).
-        "data": {"seed_size": 2000, "pool_size": 0, "eval_size": 0},
+        "data": {"dev_size": 2000, "seed_size": 2000, "pool_size": 0, "eval_size": 0},
         "model": {"teacher": "mpnet-base", "max_length": 128},
         "active_select": {"budget": 6000, "acquisition_epochs": 2.0, "batch_size": 64, "learning_rate": 3e-5},
         "augment": {"fraction": 0.5},
@@ -47,7 +48,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "evaluate": {"latency_repeats": 30},
     },
     "tiny": {
-        "data": {"seed_size": 24, "pool_size": 36, "eval_size": 30},
+        "data": {"dev_size": 12, "seed_size": 24, "pool_size": 36, "eval_size": 30},
         "model": {"teacher": "minilm-l6", "max_length": 32},
         "active_select": {"budget": 12, "acquisition_epochs": 1.0, "batch_size": 8, "learning_rate": 1e-4},
         "augment": {"fraction": 0.5},

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._inference import predict_logits, softmax
 from stages._io import DataError, read_pairs, write_metrics, write_pairs
 from stages._models import load_pretrained_classifier
@@ -94,7 +95,7 @@ def active_select(
     if params.strategy in ("random", "all"):
         scores = uncertainty(np.zeros((len(pool), 3)), "random", seed)
     if needs_model:
-        model, tokenizer = load_pretrained_classifier(teacher)
+        model, tokenizer = load_pretrained_classifier(teacher, seed=seed)
         cfg = TrainConfig(
             epochs=params.acquisition_epochs,
             batch_size=params.batch_size,
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     prepared = Path(args.prepared)
     seed_set = read_pairs(prepared / "seed.parquet")
     pool = read_pairs(prepared / "pool.parquet", allow_unlabelled=True)
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_pairs(labelled, Path(args.out_dir) / "labelled.parquet")
     write_pairs(rest, Path(args.out_dir) / "unlabelled.parquet")
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(f"active_select ({params.active_select.strategy}): {metrics['labelled_rows']} labelled rows")
 
 

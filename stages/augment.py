@@ -32,6 +32,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._io import read_pairs, validate_pairs, write_metrics, write_pairs
 from stages._params import AugmentParams, load_params
 from stages._text import append_rewrites, is_negation, pick_originals, stopword_regex
@@ -208,9 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     out, metrics = augment(read_pairs(args.input), params.augment, params.seed)
     write_pairs(out, args.output)
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(
         f"augment: {metrics['n_augmented']} of {metrics['n_selected']} selected pairs augmented "
         f"({metrics['n_dropped_negation']} dropped for negation, {metrics['n_dropped_identical']} unchanged) "

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._io import MissingPackageError, read_pairs, validate_pairs, write_metrics, write_pairs
 from stages._params import BackTranslateParams, load_params
 from stages._text import append_rewrites, pick_originals
@@ -123,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     out, metrics = back_translate(read_pairs(args.input), params.back_translate, params.seed)
     write_pairs(out, args.output)
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(
         f"back_translate: kept {metrics['n_kept']} of {metrics['n_selected']} paraphrased pairs "
         f"({metrics['n_dropped_negation']} dropped for negation, {metrics['n_dropped_identical']} unchanged); "

@@ -17,6 +17,7 @@ import time
 import pandas as pd
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, load_pretrained_classifier, save_model
@@ -87,12 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     p = params.distill
     teacher, tokenizer = load_model(args.teacher)
     if p.student == "pruned":
         student, student_tokenizer = load_model(args.pruned)
     else:
-        student, student_tokenizer = load_pretrained_classifier(p.student)
+        student, student_tokenizer = load_pretrained_classifier(p.student, seed=params.seed)
     if student_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SystemExit(f"distill.student {p.student!r} has a different vocabulary from the teacher; "
                          "soft labels are computed per pair, so pick a student with the teacher's tokenizer")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "params": job, "architecture": describe_architecture(student),
     }
     save_model(student, student_tokenizer, args.out, info)
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(f"distill: {metrics['train_steps']} steps, student {p.student}")
 
 

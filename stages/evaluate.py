@@ -1,6 +1,7 @@
 """evaluate: every model the pipeline produced, measured side by side against the teacher.
 
-Quality on the validation set: accuracy, macro-F1, mean cross-entropy and its exponential (the SEC
+Quality on the dev split (what decisions read) and on the test split (validation_matched, only
+reported), with every model's per-example predictions saved for paired tests (`sec compare`): accuracy, macro-F1, mean cross-entropy and its exponential (the SEC
 paper's "perplexity"). Cost: weights size on disk, parameter count, latency (ms per batch of 32
 pairs: the mean over `latency_batches` fixed random batches, median over repeats) and throughput.
 Latency is timed in one process with the models interleaved repeat by repeat, so machine noise hits
@@ -21,6 +22,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._inference import predict_logits, tokenize_pairs
 from stages._io import LABEL_NAMES, atomic_path, read_pairs, write_json, write_metrics
 from stages._models import load_model, weights_size_mb
@@ -69,30 +71,72 @@ def per_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, floa
     }
 
 
-def evaluate(
-    models: dict, validation: pd.DataFrame, params: EvaluateParams, *, max_length: int, seed: int, timing: bool = True
-) -> dict:
-    """models: name -> (model, tokenizer, directory). Returns {name: metrics}, reference first.
+SPLITS = ("dev", "test")
+PROB_COLUMNS = [f"prob_{name}" for name in LABEL_NAMES]
+# Keys that are timings: they live in the timing file, never in evaluate.json (which must be
+# bit-identical across reruns of one commit).
+TIMING_KEYS = ("latency_ms_b32", "throughput_pairs_per_s", "speedup")
 
-    `timing=False` measures quality, size and parameters only (the teacher-only evaluation that
-    data ablations need); latency, throughput and the ratios need every model in one process.
+
+def score_split(model, tokenizer, frame: pd.DataFrame, *, batch_size: int, max_length: int, desc: str) -> tuple[dict, pd.DataFrame]:
+    """Quality of one model on one split, and its per-example predictions (sorted by row_id).
+
+    frame: the split with `row_id` and gold `label`. Predictions: row_id, label, pred, one
+    probability column per class (float32), the input of `sec compare`'s paired tests.
     """
-    labels = validation["label"].to_numpy()
+    logits = predict_logits(
+        model, tokenizer, frame["premise"].tolist(), frame["hypothesis"].tolist(),
+        batch_size=batch_size, max_length=max_length, desc=desc,
+    )  # (n, 3)
+    labels = frame["label"].to_numpy()
+    metrics = quality(logits, labels)
+    metrics["class_accuracy"] = per_class_accuracy(logits, labels)
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy().astype("float32")  # (n, 3)
+    row_ids = frame["row_id"].to_numpy() if "row_id" in frame.columns else np.arange(len(frame))
+    predictions = pd.DataFrame({"row_id": row_ids.astype("int64"), "label": labels.astype("int64"),
+                                "pred": logits.argmax(axis=1).astype("int64")})
+    for column, values in zip(PROB_COLUMNS, probs.T):
+        predictions[column] = values
+    return metrics, predictions.sort_values("row_id", kind="stable").reset_index(drop=True)
+
+
+def evaluate(
+    models: dict, splits: dict[str, pd.DataFrame], params: EvaluateParams, *, max_length: int, seed: int,
+    timing: bool = True,
+) -> tuple[dict, dict, dict[str, pd.DataFrame]]:
+    """models: name -> (model, tokenizer, directory); splits: "dev"/"test" -> frame.
+
+    Returns (quality {name: {split: metrics, size_mb, params, ratios}}, timings {name: {...}},
+    predictions {"<name>-<split>": frame}). Quality is deterministic; timings are not, so they are
+    kept apart. `timing=False` skips latency (the teacher-only evaluation data ablations need);
+    latency and the speed-up need every model in one process, interleaved.
+    """
     results: dict[str, dict] = {}
+    predictions: dict[str, pd.DataFrame] = {}
     for name, (model, tokenizer, directory) in models.items():
-        logits = predict_logits(
-            model, tokenizer, validation["premise"].tolist(), validation["hypothesis"].tolist(),
-            batch_size=params.batch_size, max_length=max_length, desc=f"evaluate {name}",
-        )
-        results[name] = quality(logits, labels)
-        results[name]["class_accuracy"] = per_class_accuracy(logits, labels)
+        results[name] = {}
+        for split, frame in splits.items():
+            metrics, preds = score_split(
+                model, tokenizer, frame, batch_size=params.batch_size, max_length=max_length, desc=f"evaluate {name} {split}"
+            )
+            results[name][split] = metrics
+            predictions[f"{name}-{split}"] = preds
         results[name]["size_mb"] = round(weights_size_mb(directory), 3)
         results[name]["params"] = count_parameters(model)
-    if not timing:
-        return results
 
-    # The same fixed batches (random validation pairs, each padded to its longest) for every model.
-    sample = validation.sample(n=min(params.batch_size * params.latency_batches, len(validation)), random_state=seed)
+    ref = results.get(REFERENCE)
+    if ref and len(results) > 1:
+        for r in results.values():
+            for split in splits:
+                r[split]["accuracy_delta_pts"] = round((r[split]["accuracy"] - ref[split]["accuracy"]) * 100, 2)
+            r["size_ratio"] = round(ref["size_mb"] / r["size_mb"], 3)
+            r["params_ratio"] = round(ref["params"] / r["params"], 3)
+    if not timing:
+        return results, {}, predictions
+
+    # The same fixed batches (random test pairs, each padded to its longest) for every model.
+    latency_split = splits.get("test", next(iter(splits.values())))
+    sample = latency_split.sample(n=min(params.batch_size * params.latency_batches, len(latency_split)), random_state=seed)
     chunks = [sample.iloc[i : i + params.batch_size] for i in range(0, len(sample), params.batch_size)]
     batches = {
         name: [tokenize_pairs(tok, c["premise"].tolist(), c["hypothesis"].tolist(), max_length) for c in chunks]
@@ -100,83 +144,104 @@ def evaluate(
     }
     times = time_batches({n: m for n, (m, _, _) in models.items()}, batches, params.latency_repeats, params.latency_warmup)
     pairs_per_batch = len(sample) / len(chunks)
+    timings: dict[str, dict] = {}
     for name, samples in times.items():
         latency = statistics.median(samples)
-        results[name]["latency_ms_b32"] = round(latency, 2)
-        results[name]["throughput_pairs_per_s"] = round(pairs_per_batch / latency * 1000, 1)
-
-    ref = results.get(REFERENCE)
-    if ref:
-        for r in results.values():
-            r["accuracy_delta_pts"] = round((r["accuracy"] - ref["accuracy"]) * 100, 2)
-            r["size_ratio"] = round(ref["size_mb"] / r["size_mb"], 3)
-            r["speedup"] = round(ref["latency_ms_b32"] / r["latency_ms_b32"], 3)
-            r["params_ratio"] = round(ref["params"] / r["params"], 3)
-    return results
+        timings[name] = {"latency_ms_b32": round(latency, 2),
+                         "throughput_pairs_per_s": round(pairs_per_batch / latency * 1000, 1)}
+    if REFERENCE in timings:
+        for t in timings.values():
+            t["speedup"] = round(timings[REFERENCE]["latency_ms_b32"] / t["latency_ms_b32"], 3)
+    return results, timings, predictions
 
 
-def report_markdown(results: dict, *, validation_rows: int, threads: int, latency_batches: int = 1) -> str:
-    header = "| model | accuracy | macro-F1 | perplexity | size MB | params | latency ms/b32 | pairs/s | Δacc pts | size × | speed × |"
+def report_markdown(results: dict, timings: dict, *, rows: dict[str, int], threads: int, latency_batches: int = 1) -> str:
+    header = ("| model | test accuracy | dev accuracy | test macro-F1 | test perplexity | size MB | params | "
+              "latency ms/b32 | pairs/s | Δacc pts (test) | Δacc pts (dev) | size × | speed × |")
     lines = [
         "# SEC pipeline report",
         "",
-        f"Validation pairs: {validation_rows}. Latency: mean over {latency_batches} fixed random batches of 32, "
-        f"median over repeats, CPU threads: {threads}; all models timed interleaved in one process.",
+        f"Test: validation_matched, {rows.get('test', 0)} pairs (reported only, never used to choose). "
+        f"Dev: {rows.get('dev', 0)} pairs held out of the training pool (what every decision reads).",
+        f"Latency: mean over {latency_batches} fixed random test batches of 32, median over repeats, "
+        f"CPU threads: {threads}; all models timed interleaved in one process. One seed: see README for "
+        "means and intervals over seeds.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
     ]
     for name, r in results.items():
+        t = timings.get(name, {})
         lines.append(
-            f"| {name} | {r['accuracy']*100:.2f} | {r['macro_f1']*100:.2f} | {r['perplexity']:.3f} | "
-            f"{r['size_mb']:.1f} | {r['params']:,} | {r['latency_ms_b32']:.1f} | {r['throughput_pairs_per_s']:.0f} | "
-            f"{r.get('accuracy_delta_pts', 0):+.2f} | {r.get('size_ratio', 1):.2f} | {r.get('speedup', 1):.2f} |"
+            f"| {name} | {r['test']['accuracy']*100:.2f} | {r['dev']['accuracy']*100:.2f} | {r['test']['macro_f1']*100:.2f} | "
+            f"{r['test']['perplexity']:.3f} | {r['size_mb']:.1f} | {r['params']:,} | {t.get('latency_ms_b32', float('nan')):.1f} | "
+            f"{t.get('throughput_pairs_per_s', float('nan')):.0f} | {r['test'].get('accuracy_delta_pts', 0):+.2f} | "
+            f"{r['dev'].get('accuracy_delta_pts', 0):+.2f} | {r.get('size_ratio', 1):.2f} | {t.get('speedup', 1):.2f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot_rows(results: dict) -> list[dict]:
+def plot_rows(results: dict, timings: dict) -> list[dict]:
+    """Test accuracy against size and latency (a report, so the test split)."""
     return [
-        {"model": name, "accuracy": round(r["accuracy"] * 100, 2), "size_mb": r["size_mb"], "latency_ms": r["latency_ms_b32"]}
+        {"model": name, "accuracy": round(r["test"]["accuracy"] * 100, 2), "size_mb": r["size_mb"],
+         "latency_ms": timings[name]["latency_ms_b32"]}
         for name, r in results.items()
     ]
+
+
+def write_predictions(predictions: dict[str, pd.DataFrame], directory: str | Path) -> None:
+    """One Parquet per model and split, written as a whole directory (atomic: all or nothing)."""
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        for key, frame in sorted(predictions.items()):
+            frame.to_parquet(tmp / f"{key}.parquet", index=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--validation", required=True)
+    parser.add_argument("--dev", required=True, help="the dev split (decisions read its metrics)")
+    parser.add_argument("--test", required=True, help="the test split (reported only)")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
                         help="a model to evaluate; the one named 'teacher' is the reference")
-    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--metrics", required=True, help="quality, size, ratios (no timings: bit-reproducible)")
+    parser.add_argument("--predictions", required=True, help="directory for <model>-<split>.parquet per-example predictions")
+    parser.add_argument("--timing", help="latency, throughput and speed-up (differ run to run)")
     parser.add_argument("--plots", help="JSON rows for the accuracy/size/latency plots")
     parser.add_argument("--report", help="markdown report to write")
     parser.add_argument("--quality-only", action="store_true",
-                        help="accuracy, F1, perplexity, size and parameters only; no latency or ratios")
+                        help="accuracy, F1, perplexity, size and parameters only; no latency")
     args = parser.parse_args(argv)
-    if not args.quality_only and not (args.plots and args.report):
-        parser.error("--plots and --report are required unless --quality-only")
+    if not args.quality_only and not (args.plots and args.report and args.timing):
+        parser.error("--timing, --plots and --report are required unless --quality-only")
 
     params = load_params(args.params)
-    validation = read_pairs(args.validation)
+    run_info = seed_everything(params.seed, params.threads)
+    splits = {"dev": read_pairs(args.dev), "test": read_pairs(args.test)}
     models = {}
     for spec in args.model:
         name, _, directory = spec.partition("=")
         model, tokenizer = load_model(directory)
         models[name] = (model, tokenizer, Path(directory))
-    results = evaluate(
-        models, validation, params.evaluate, max_length=params.model.max_length, seed=params.seed, timing=not args.quality_only
+    results, timings, predictions = evaluate(
+        models, splits, params.evaluate, max_length=params.model.max_length, seed=params.seed, timing=not args.quality_only
     )
+    rows = {split: len(frame) for split, frame in splits.items()}
+    summary = {"models": results, "dev_rows": rows["dev"], "test_rows": rows["test"], **run_info}
+    write_predictions(predictions, args.predictions)
+    write_metrics(summary, args.metrics)
     if args.quality_only:
-        write_metrics({"models": results, "validation_rows": len(validation)}, args.metrics)
         for name, r in results.items():
-            print(f"evaluate {name}: accuracy {r['accuracy'] * 100:.2f}, macro-F1 {r['macro_f1'] * 100:.2f}")
+            print(f"evaluate {name}: dev accuracy {r['dev']['accuracy'] * 100:.2f}, "
+                  f"test accuracy {r['test']['accuracy'] * 100:.2f}")
         return
-    report = report_markdown(
-        results, validation_rows=len(validation), threads=torch.get_num_threads(), latency_batches=params.evaluate.latency_batches
-    )
-    write_metrics({"models": results, "validation_rows": len(validation)}, args.metrics)
-    write_json(plot_rows(results), args.plots)
+    write_metrics({"models": timings, "threads": run_info["threads"], "device": "cpu",
+                   "latency_batches": params.evaluate.latency_batches,
+                   "latency_repeats": params.evaluate.latency_repeats}, args.timing)
+    report = report_markdown(results, timings, rows=rows, threads=run_info["threads"],
+                             latency_batches=params.evaluate.latency_batches)
+    write_json(plot_rows(results, timings), args.plots)
     with atomic_path(args.report) as tmp:
         tmp.write_text(report)
     print(report)

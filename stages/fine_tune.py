@@ -12,6 +12,7 @@ import time
 import pandas as pd
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._io import read_pairs, write_metrics
 from stages._models import load_pretrained_classifier, save_model
 from stages._params import load_params
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     data = read_pairs(args.train)
-    model, tokenizer = load_pretrained_classifier(params.model.teacher)
+    model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=params.seed)
     cfg = train_config(params.fine_tune, seed=params.seed, max_length=params.model.max_length)
     job = {"fine_tune": params.fine_tune.model_dump(), "model": params.model.model_dump(), "seed": params.seed}
     metrics = fine_tune(
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train]), live_dir=args.live_dir,
     )
     save_model(model, tokenizer, args.out, {"stage": "fine_tune", "parent": params.model.teacher, "params": job})
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(f"fine_tune: {metrics['train_steps']} steps on {len(data)} rows in {metrics['seconds']} s")
 
 

@@ -14,6 +14,7 @@ import time
 import pandas as pd
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, save_model
 from stages._params import PruneParams, load_params
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     data = read_pairs(args.train)
     model, tokenizer = load_model(args.teacher)
     job = {"prune": params.prune.model_dump(), "seed": params.seed, "max_length": params.model.max_length}
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     info = {"stage": "prune", "parent": args.teacher, "architecture": architecture, "params": job}
     save_model(model, tokenizer, args.out, info)
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(f"prune: {metrics['params_before']:,} -> {metrics['params_after']:,} parameters")
 
 

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from stages._cli import run
+from stages._determinism import seed_everything
 from stages._io import write_metrics
 from stages._models import load_model, read_sec_info, save_model, weights_size_mb
 from stages._params import QuantizeParams, load_params
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    run_info = seed_everything(params.seed, params.threads)
     model, tokenizer = load_model(args.model)
     quantized, metrics = quantize(model, params.quantize)
     info = {
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     save_model(quantized, tokenizer, args.out, info)
     metrics["size_mb_before"] = round(weights_size_mb(args.model), 2)
     metrics["size_mb_after"] = round(weights_size_mb(args.out), 2)
-    write_metrics(metrics, args.metrics)
+    write_metrics({**metrics, "run": run_info}, args.metrics)
     print(f"quantize: {metrics['size_mb_before']} MB -> {metrics['size_mb_after']} MB")
 
 

@@ -117,8 +117,10 @@ def make_tiny_repo(root: Path) -> Path:
     model = build_tiny_bert(root / "tiny-bert")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profile"] = "tiny"
-    params["data"]["local_dir"] = str(data)
-    params["model"]["teacher"] = model
+    # Relative paths, so that two scratch repositories made this way have identical params (and
+    # can be compared output hash by output hash): the data and the model sit beside the repo.
+    params["data"]["local_dir"] = "../mnli"
+    params["model"]["teacher"] = "../" + Path(model).name
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_cmd(["git", "init", "-q"], repo)
     run_cmd(["dvc", "init", "-q"], repo)

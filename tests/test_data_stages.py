@@ -10,7 +10,7 @@ from stages.prepare import load_mnli, prepare
 
 
 def data_params(**kw) -> DataParams:
-    return DataParams(**{"seed_size": 10, "pool_size": 20, "eval_size": 15, **kw})
+    return DataParams(**{"dev_size": 0, "seed_size": 10, "pool_size": 20, "eval_size": 15, **kw})
 
 
 def test_prepare_is_deterministic_and_keeps_oracle_apart():
@@ -19,7 +19,7 @@ def test_prepare_is_deterministic_and_keeps_oracle_apart():
     again, _ = prepare(train, evaluation, data_params(), seed=3)
     for name in frames:
         pd.testing.assert_frame_equal(frames[name], again[name])
-    assert len(frames["seed"]) == 10 and len(frames["pool"]) == 20 and len(frames["validation"]) == 15
+    assert len(frames["seed"]) == 10 and len(frames["pool"]) == 20 and len(frames["test"]) == 15
     assert (frames["pool"]["label"] == -1).all()
     assert frames["oracle"]["pool_id"].tolist() == frames["pool"]["pool_id"].tolist()
     assert set(frames["oracle"]["label"]) <= {0, 1, 2}
@@ -27,6 +27,28 @@ def test_prepare_is_deterministic_and_keeps_oracle_apart():
     pool_pairs = set(zip(frames["pool"].premise, frames["pool"].hypothesis))
     assert not seed_pairs & pool_pairs
     assert metrics["seed_rows"] == 10
+
+
+def test_prepare_holds_out_dev_before_anything_else():
+    train, evaluation = make_pairs(60), make_pairs(30, seed=1)
+    frames, metrics = prepare(train, evaluation, data_params(dev_size=12, pool_size=0), seed=3)
+    assert len(frames["dev"]) == 12 and metrics["dev_rows"] == 12
+    pairs = lambda name: set(zip(frames[name].premise, frames[name].hypothesis))  # noqa: E731
+    distinct = len(train.drop_duplicates(subset=["premise", "hypothesis"]))
+    # dev, seed and pool are disjoint and together are every distinct training pair
+    assert not pairs("dev") & (pairs("seed") | pairs("pool"))
+    assert len(frames["dev"]) + len(frames["seed"]) + len(frames["pool"]) == distinct
+    # row ids point back into the source files (the key paired tests join on)
+    for name, source in (("dev", train), ("test", evaluation)):
+        frame = frames[name]
+        assert frame["row_id"].is_monotonic_increasing
+        assert (source.loc[frame["row_id"], "premise"].to_numpy() == frame["premise"].to_numpy()).all()
+        assert (source.loc[frame["row_id"], "label"].to_numpy() == frame["label"].to_numpy()).all()
+    # the dev split does not depend on the seed/pool sizes drawn after it
+    other, _ = prepare(train, evaluation, data_params(dev_size=12, seed_size=5, pool_size=7), seed=3)
+    pd.testing.assert_frame_equal(frames["dev"], other["dev"])
+    with pytest.raises(DataError, match="data.dev_size"):
+        prepare(train, evaluation, data_params(dev_size=50, pool_size=0), seed=3)
 
 
 def test_prepare_rejects_sizes_larger_than_the_split():

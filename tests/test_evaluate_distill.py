@@ -9,7 +9,7 @@ from stages._io import validate_pairs
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import DistillParams, EvaluateParams, QuantizeParams
 from stages.distill import distill, transfer_set
-from stages.evaluate import evaluate, quality, report_markdown, time_batches
+from stages.evaluate import TIMING_KEYS, evaluate, quality, report_markdown, time_batches
 from stages.quantize import quantize
 
 
@@ -73,23 +73,37 @@ def test_distill_shrinks_the_student_and_moves_it_towards_the_teacher(tiny_model
 
 
 def test_evaluate_reports_every_model_against_the_teacher(tiny_model_dir, tmp_path):
-    model, tok = load_pretrained_classifier(tiny_model_dir)
+    model, tok = load_pretrained_classifier(tiny_model_dir, seed=0)
     save_model(model, tok, tmp_path / "teacher", {"stage": "fine_tune"})
     quantized, _ = quantize(model, QuantizeParams())
     save_model(quantized, tok, tmp_path / "quantized", {"stage": "quantize", "quantization": "dynamic_int8"})
     models = {name: (*load_model(tmp_path / name), tmp_path / name) for name in ("teacher", "quantized")}
-    validation = validate_pairs(make_pairs(40), "validation")
-    results = evaluate(models, validation, EvaluateParams(latency_repeats=3, latency_batches=2), max_length=32, seed=0)
+    test = validate_pairs(make_pairs(40), "test").assign(row_id=lambda f: f.index * 3 + 7)
+    dev = validate_pairs(make_pairs(20, seed=5), "dev").assign(row_id=range(20))
+    results, timings, predictions = evaluate(
+        models, {"dev": dev, "test": test}, EvaluateParams(latency_repeats=3, latency_batches=2), max_length=32, seed=0
+    )
     assert list(results) == ["teacher", "quantized"]
     for r in results.values():
-        for key in ("accuracy", "macro_f1", "cross_entropy", "perplexity", "size_mb", "params", "latency_ms_b32", "throughput_pairs_per_s"):
-            assert r[key] >= 0, key
-    assert results["teacher"]["size_ratio"] == 1 and results["teacher"]["speedup"] == 1
+        for split in ("dev", "test"):
+            for key in ("accuracy", "macro_f1", "cross_entropy", "perplexity"):
+                assert r[split][key] >= 0, key
+        assert not set(r) & set(TIMING_KEYS)  # timings never enter the reproducible metrics
+    assert results["teacher"]["size_ratio"] == 1 and timings["teacher"]["speedup"] == 1
     assert results["quantized"]["size_ratio"] > 1  # int8 weights are smaller on disk
-    # Same weights quantized: predictions agree on most pairs.
-    assert abs(results["quantized"]["accuracy_delta_pts"]) <= 20
-    table = report_markdown(results, validation_rows=40, threads=1)
-    assert "| teacher |" in table and "| quantized |" in table
+    assert timings["quantized"]["latency_ms_b32"] > 0
+    # Per-example predictions: one frame per model and split, keyed by the split's row ids, and
+    # consistent with the accuracy reported for that split.
+    assert sorted(predictions) == ["quantized-dev", "quantized-test", "teacher-dev", "teacher-test"]
+    frame = predictions["teacher-test"]
+    assert frame["row_id"].tolist() == sorted(test["row_id"]) and frame["label"].tolist() == test["label"].tolist()
+    assert (frame["pred"] == frame["label"]).mean() == pytest.approx(results["teacher"]["test"]["accuracy"])
+    probs = frame[["prob_entailment", "prob_neutral", "prob_contradiction"]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5) and (probs.argmax(axis=1) == frame["pred"]).all()
+    delta = (results["quantized"]["dev"]["accuracy"] - results["teacher"]["dev"]["accuracy"]) * 100
+    assert results["quantized"]["dev"]["accuracy_delta_pts"] == pytest.approx(delta, abs=0.01)
+    table = report_markdown(results, timings, rows={"dev": 20, "test": 40}, threads=1)
+    assert "| teacher |" in table and "| quantized |" in table and "Dev: 20 pairs" in table
 
 
 def test_time_batches_runs_every_batch_per_repeat_and_averages():

@@ -1,0 +1,41 @@
+"""One call that makes a stage's run a function of (code, params, inputs, machine) only.
+
+Every stage calls `seed_everything(params.seed, params.threads)` right after loading its params,
+before any model, head, sampler or augmenter exists. What it pins:
+  - python `random`, numpy's global RNG, torch (CPU and every CUDA device), via transformers'
+    `set_seed` (nlpaug draws from python `random`; stages that need their own streams derive
+    them from the seed, e.g. stages._text.sample_rows);
+  - the CPU thread count: floating-point sums are split across threads, so a different count
+    can round differently. It is a param (`threads`) and is recorded in each stage's metrics;
+  - deterministic kernels where torch has them (`use_deterministic_algorithms`, warn_only: a
+    kernel without a deterministic version warns instead of failing), cuDNN autotuning off, and
+    cuBLAS' fixed-size workspace (CUBLAS_WORKSPACE_CONFIG) on GPUs.
+What it cannot pin: results across CPU models (different SIMD paths in oneDNN/MKL and fbgemm),
+across thread counts, across torch versions, and CPU vs GPU. See README "Reproducibility".
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def seed_everything(seed: int, threads: int) -> dict:
+    """Seed every RNG, fix the thread count, pick deterministic kernels. Returns what it set."""
+    from transformers import set_seed
+
+    # Must be set before the first cuBLAS call; harmless on CPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(threads)
+    set_seed(seed)  # random, numpy, torch (+ all CUDA devices)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return {"seed": seed, "threads": torch.get_num_threads(), "deterministic_algorithms": True}
+
+
+def seed_torch(seed: int) -> None:
+    """Re-seed torch alone right before building random weights (a fresh classification head),
+    so the head does not depend on how many random numbers earlier code happened to draw."""
+    torch.manual_seed(seed)
