@@ -105,3 +105,59 @@ def test_predict_cli_writes_labels_and_probs(tiny_model_dir, tmp_path):
         assert row["label_name"] == ["entailment", "neutral", "contradiction"][row["label"]]
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing.jsonl"), str(tmp_path / "o.jsonl")], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.jsonl: file not found" in bad.stderr
+
+
+
+def _predictions(model, enc) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**enc).logits.argmax(-1)
+
+
+def _trained_tiny_model(tiny_model_dir, train_pairs, max_steps: int = 800):
+    """The tiny BERT trained (plain AdamW, one thread, fixed seed) until it gets >= 95% of its
+    training pairs right. It sits on a plateau at 2/3 (entailment alone solved) for a number of
+    steps that depends on the seed, so it trains until it is good instead of for a fixed count."""
+    model, tok = load_pretrained_classifier(tiny_model_dir, seed=0)
+    enc = tok(train_pairs["premise"].tolist(), train_pairs["hypothesis"].tolist(), padding=True, return_tensors="pt")
+    labels = torch.tensor(train_pairs["label"].to_numpy())
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(1, max_steps + 1):
+        rows = torch.randint(0, len(labels), (32,), generator=generator)
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(**{k: v[rows] for k, v in enc.items()}).logits, labels[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 0 and (_predictions(model, enc) == labels).float().mean() >= 0.95:
+            break
+    return model, tok
+
+
+def test_quantizing_a_trained_model_keeps_its_predictions(tiny_model_dir, tmp_path):
+    """On an untrained model any quantization "keeps accuracy" (both sit at chance), so the tiny
+    model is first trained until it has real accuracy; the int8 model, saved and reloaded the way
+    the evaluate stage loads it, must then give the same answers on held-out pairs."""
+    from conftest import make_pairs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fast on a busy machine, and the same rounding on every run
+    try:
+        model, tok = _trained_tiny_model(tiny_model_dir, make_pairs(300, seed=0))
+        held_out = make_pairs(300, seed=1)
+        gold = torch.tensor(held_out["label"].to_numpy())
+        enc = tok(held_out["premise"].tolist(), held_out["hypothesis"].tolist(), padding=True, return_tensors="pt")
+        float_pred = _predictions(model, enc)
+        float_accuracy = (float_pred == gold).float().mean().item()
+        assert float_accuracy >= 0.9, float_accuracy  # chance is 1/3: the model has something to lose
+
+        params = QuantizeParams()  # the pipeline's default scheme, int8 embeddings
+        quantized, _ = quantize(model, params)
+        save_model(quantized, tok, tmp_path / "quantized", {"stage": "quantize", "quantization": params.scheme})
+        reloaded, reloaded_tok = load_model(tmp_path / "quantized")
+        enc = reloaded_tok(held_out["premise"].tolist(), held_out["hypothesis"].tolist(), padding=True, return_tensors="pt")
+        int8_pred = _predictions(reloaded, enc)
+        assert (int8_pred == float_pred).float().mean().item() >= 0.95
+        assert abs((int8_pred == gold).float().mean().item() - float_accuracy) <= 0.05
+    finally:
+        torch.set_num_threads(threads)
