@@ -27,12 +27,15 @@ TIMING_KEY = re.compile(r"(seconds|runtime|latency|throughput|speedup|per_second
 
 
 def lock_hashes(lock_path: Path) -> dict[str, str]:
-    """{output path: md5} for every stage output recorded in a dvc.lock, timing outputs left out."""
+    """{output path: md5} for every data and model output in a dvc.lock (not timing outputs, not
+    metrics files: those are compared value by value, timings left out)."""
     lock = yaml.safe_load(lock_path.read_text()) or {}
     hashes = {}
     for stage, entry in (lock.get("stages") or {}).items():
         for out in entry.get("outs") or []:
-            if out["path"] not in TIMING_OUTPUTS:
+            # Metrics files hold timings beside the values: they are compared value by value.
+            if out["path"] not in TIMING_OUTPUTS and not out["path"].startswith(("metrics/", "dvclive/")) \
+                    or out["path"].startswith("dvclive/") and out["path"].endswith("/plots"):
                 hashes[out["path"]] = out.get("md5") or out.get("hash", "")
     return hashes
 

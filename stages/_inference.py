@@ -28,6 +28,8 @@ def predict_logits(
     on MNLI this roughly halves the work against padding every batch to the longest pair.
     """
     model.eval()
+    # Inputs go where the model is (a Trainer may have moved it to a GPU); logits come back to CPU.
+    device = next(model.parameters(), torch.empty(0)).device
     lengths = [len(p) + len(h) for p, h in zip(premises, hypotheses)]
     order = np.argsort(lengths, kind="stable")
     out = np.zeros((len(premises), model.config.num_labels), dtype=np.float32)
@@ -35,7 +37,8 @@ def predict_logits(
     for start in tqdm(starts, desc=desc, disable=desc is None, unit="batch"):
         idx = order[start : start + batch_size]
         enc = tokenize_pairs(tokenizer, [premises[i] for i in idx], [hypotheses[i] for i in idx], max_length)
-        out[idx] = model(**enc).logits.float().numpy()
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out[idx] = model(**enc).logits.float().cpu().numpy()
     return out
 
 

@@ -1,0 +1,71 @@
+"""Same commit, same numbers; and the test split decides nothing (tiny profile, end to end).
+
+Two scratch repositories made the same way run `dvc repro`: every data and model output hash in
+dvc.lock and every non-timing metric must match (pipeline.reproducibility). Then the test split's
+gold labels are poisoned in one of them: DVC may rerun only prepare and the evaluations, and
+every trained model, selected/augmented dataset and dev metric must be unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import make_tiny_repo
+from conftest import run_cmd as _run
+from pipeline.reproducibility import differences, lock_hashes
+
+pytestmark = pytest.mark.slow
+
+# What may read the test split: prepare writes it, the evaluations score it, the plots draw it.
+READS_TEST = {"prepare", "evaluate_teacher", "evaluate", "report_plots"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, Path]:
+    repos = []
+    for name in ("a", "b"):
+        repo = make_tiny_repo(tmp_path_factory.mktemp(f"run-{name}"))
+        _run(["dvc", "repro"], repo)
+        repos.append(repo)
+    return repos[0], repos[1]
+
+
+def test_two_fresh_runs_give_identical_outputs_and_metrics(two_runs):
+    a, b = two_runs
+    assert differences(a, b) == []
+    hashes = lock_hashes(a / "dvc.lock")
+    # the comparison covers the data and model outputs, not just metrics
+    assert {"data/prepared", "data/selected", "models/teacher", "models/quantized", "predictions/evaluate"} <= set(hashes)
+    metrics = json.loads((a / "metrics" / "evaluate.json").read_text())
+    assert metrics["threads"] == yaml.safe_load((a / "params.yaml").read_text())["threads"]
+    # timings exist, and live in their own file (the one thing allowed to differ)
+    assert "latency_ms_b32" in json.loads((a / "metrics" / "evaluate_timing.json").read_text())["models"]["teacher"]
+
+
+def test_poisoned_test_labels_change_no_decision_and_no_trained_model(two_runs):
+    _, repo = two_runs
+    before = lock_hashes(repo / "dvc.lock")
+    dev_before = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    test_file = repo.parent / "mnli" / "validation_matched.parquet"
+    test = pd.read_parquet(test_file)
+    test["label"] = (test["label"] + 1) % 3  # every gold test label wrong
+    test.to_parquet(test_file)
+
+    out = _run(["dvc", "repro"], repo)
+    ran = set(re.findall(r"Running stage '([a-z_]+)'", out.stdout))
+    assert "prepare" in ran and ran <= READS_TEST, ran
+    after = lock_hashes(repo / "dvc.lock")
+    changed = {path for path in before if before[path] != after[path]}
+    # prepare's directory holds test.parquet; the predictions hold the test labels. Nothing else.
+    assert changed <= {"data/prepared", "predictions/evaluate", "predictions/evaluate_teacher"}, changed
+    assert "data/prepared" in changed  # the poison did reach the pipeline
+    dev_after = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    for name, model in dev_before["models"].items():
+        assert dev_after["models"][name]["dev"] == model["dev"], name
+        assert dev_after["models"][name]["test"] != model["test"], name
