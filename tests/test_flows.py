@@ -9,6 +9,8 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import REPO, make_tiny_repo, run_cmd
+from pipeline import flows
+from pipeline.decide import STAGE_ORDER
 from pipeline.flows import apply_overrides, run_stage, sec_pipeline, write_params
 from stages._params import ParamsError
 
@@ -27,8 +29,27 @@ def test_apply_overrides_sets_dotted_keys_and_refuses_unknown_ones():
         apply_overrides(raw, {"prune.ration": 0.5})
 
 
+def _record_dvc_runs(monkeypatch) -> dict[str, str]:
+    """stage -> "ran" / "not run", from DVC's own output, for each `dvc repro` the flow's tasks start.
+
+    Read independently of run_stage's verdict: DVC prints "Running stage '<name>':" only when it
+    executes a stage's command (not when it skips it or restores it from its run-cache).
+    """
+    seen: dict[str, str] = {}
+    real = flows.run_streaming
+
+    def recording(cmd, cwd, log):
+        output = real(cmd, cwd, log)
+        stage = cmd[-1]
+        seen[stage] = "ran" if f"Running stage '{stage}':" in output else "not run"
+        return output
+
+    monkeypatch.setattr(flows, "run_streaming", recording)
+    return seen
+
+
 @pytest.mark.slow
-def test_pipeline_flow_runs_stages_and_never_answers_a_params_change_from_cache(tmp_path):
+def test_pipeline_flow_runs_stages_and_never_answers_a_params_change_from_cache(tmp_path, monkeypatch):
     repo = make_tiny_repo(tmp_path)
     metrics = sec_pipeline(repo=str(repo))
     assert set(metrics["models"]) == {"teacher", "pruned", "distilled", "quantized"}
@@ -36,9 +57,14 @@ def test_pipeline_flow_runs_stages_and_never_answers_a_params_change_from_cache(
     # Same params: DVC skips; the task still runs (no Prefect cache) and reports it.
     assert run_stage("prune", str(repo)) == "skipped"
 
-    # Changed params through the flow: prune and everything after it rerun, nothing before.
+    # Changed params through the flow: exactly prune and the stages downstream of it rerun;
+    # nothing before it, nor evaluate_teacher (after it in the order, but not downstream).
+    dvc_runs = _record_dvc_runs(monkeypatch)
     states = sec_pipeline(overrides={"prune.ratio": 0.5}, repo=str(repo), return_state=True)
     assert states.is_completed()
+    assert list(dvc_runs) == STAGE_ORDER  # every stage was handed to DVC, in order
+    rerun = {"prune", "distill", "quantize", "evaluate", "report_plots"}
+    assert dvc_runs == {stage: "ran" if stage in rerun else "not run" for stage in STAGE_ORDER}
     assert yaml.safe_load((repo / "params.yaml").read_text())["prune"]["ratio"] == 0.5
     prune_metrics = json.loads((repo / "metrics" / "prune.json").read_text())
     assert prune_metrics["ratio"] == 0.5
