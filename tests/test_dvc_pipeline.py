@@ -48,8 +48,15 @@ def test_repro_runs_every_stage_then_skips_them_all(tiny_repo):
     assert report["models"]["pruned"]["params"] < report["models"]["teacher"]["params"]
     assert report["models"]["distilled"]["params"] < report["models"]["pruned"]["params"]  # fewer layers, trimmed vocab
     teacher_only = json.loads((tiny_repo / "metrics" / "evaluate_teacher.json").read_text())
-    assert teacher_only["models"]["teacher"]["accuracy"] == report["models"]["teacher"]["accuracy"]
-    assert "latency_ms_b32" not in teacher_only["models"]["teacher"]
+    for split in ("dev", "test"):  # the same teacher on the same pairs: the same numbers
+        assert teacher_only["models"]["teacher"][split] == {
+            k: v for k, v in report["models"]["teacher"][split].items() if k != "accuracy_delta_pts"
+        }
+    assert "latency_ms_b32" not in teacher_only["models"]["teacher"] and not (tiny_repo / "metrics" / "evaluate_teacher_timing.json").exists()
+    timing = json.loads((tiny_repo / "metrics" / "evaluate_timing.json").read_text())
+    assert set(timing["models"]) == set(report["models"]) and timing["threads"] == report["threads"]
+    predictions = {p.name for p in (tiny_repo / "predictions" / "evaluate").iterdir()}
+    assert predictions == {f"{m}-{s}.parquet" for m in report["models"] for s in ("dev", "test")}
     assert {p.name for p in (tiny_repo / "reports" / "plots").iterdir()} == {"accuracy_vs_size.png", "accuracy_vs_latency.png"}
     assert (tiny_repo / "reports" / "report.md").read_text().count("|") > 20
     lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())
