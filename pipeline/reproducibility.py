@@ -64,16 +64,20 @@ def _flat(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def differences(run_a: str | Path, run_b: str | Path) -> list[str]:
-    """Every output hash and non-timing metric value that differs between two runs."""
+def differences(run_a: str | Path, run_b: str | Path, *, common_only: bool = False) -> list[str]:
+    """Every output hash and non-timing metric value that differs between two runs.
+
+    common_only: compare only the outputs and metrics files both runs have (one run went further
+    down the pipeline than the other, e.g. `dvc repro evaluate_teacher`)."""
     run_a, run_b = Path(run_a), Path(run_b)
     diffs = []
     hashes_a, hashes_b = lock_hashes(run_a / "dvc.lock"), lock_hashes(run_b / "dvc.lock")
-    for path in sorted(set(hashes_a) | set(hashes_b)):
+    paths = set(hashes_a) & set(hashes_b) if common_only else set(hashes_a) | set(hashes_b)
+    for path in sorted(paths):
         if hashes_a.get(path) != hashes_b.get(path):
             diffs.append(f"output {path}: {hashes_a.get(path)} != {hashes_b.get(path)}")
     files_a, files_b = metric_files(run_a), metric_files(run_b)
-    for name in sorted(set(files_a) | set(files_b)):
+    for name in sorted(set(files_a) & set(files_b) if common_only else set(files_a) | set(files_b)):
         if name not in files_a or name not in files_b:
             diffs.append(f"metrics {name}: only in {'A' if name in files_a else 'B'}")
             continue
@@ -89,14 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_a", help="a checkout that ran the pipeline")
     parser.add_argument("run_b")
+    parser.add_argument("--common-only", action="store_true",
+                        help="compare only the outputs and metrics both runs have")
     args = parser.parse_args(argv)
-    diffs = differences(args.run_a, args.run_b)
-    outputs = len(lock_hashes(Path(args.run_a) / "dvc.lock"))
+    diffs = differences(args.run_a, args.run_b, common_only=args.common_only)
+    hashes_a, hashes_b = lock_hashes(Path(args.run_a) / "dvc.lock"), lock_hashes(Path(args.run_b) / "dvc.lock")
+    outputs = len(set(hashes_a) & set(hashes_b)) if args.common_only else len(hashes_a)
     if diffs:
         print(f"{len(diffs)} difference(s):")
         print("\n".join(f"  {d}" for d in diffs))
         return 1
-    print(f"identical: {outputs} output hashes in dvc.lock and every non-timing metric")
+    files = metric_files(Path(args.run_a)).keys() & metric_files(Path(args.run_b)).keys()
+    print(f"identical: {outputs} data/model output hashes in dvc.lock and every non-timing value of "
+          f"{len(files)} metrics files")
     return 0
 
 
