@@ -26,18 +26,27 @@ TIMING_OUTPUTS = frozenset({
 TIMING_KEY = re.compile(r"(seconds|runtime|latency|throughput|speedup|per_second|minutes)", re.IGNORECASE)
 
 
-def lock_hashes(lock_path: Path) -> dict[str, str]:
+def lock_hashes(lock_path: Path, stages: set[str] | None = None) -> dict[str, str]:
     """{output path: md5} for every data and model output in a dvc.lock (not timing outputs, not
     metrics files: those are compared value by value, timings left out)."""
     lock = yaml.safe_load(lock_path.read_text()) or {}
     hashes = {}
     for stage, entry in (lock.get("stages") or {}).items():
+        if stages is not None and stage not in stages:
+            continue
         for out in entry.get("outs") or []:
             # Metrics files hold timings beside the values: they are compared value by value.
             if out["path"] not in TIMING_OUTPUTS and not out["path"].startswith(("metrics/", "dvclive/")) \
                     or out["path"].startswith("dvclive/") and out["path"].endswith("/plots"):
                 hashes[out["path"]] = out.get("md5") or out.get("hash", "")
     return hashes
+
+
+def stage_outputs(lock_path: Path, stages: set[str]) -> set[str]:
+    """Every output path (metrics included) of `stages` in a dvc.lock."""
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    return {out["path"] for name, entry in (lock.get("stages") or {}).items() if name in stages
+            for out in entry.get("outs") or []}
 
 
 def strip_timings(value):
@@ -64,20 +73,24 @@ def _flat(value, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def differences(run_a: str | Path, run_b: str | Path, *, common_only: bool = False) -> list[str]:
+def differences(run_a: str | Path, run_b: str | Path, *, stages: set[str] | None = None) -> list[str]:
     """Every output hash and non-timing metric value that differs between two runs.
 
-    common_only: compare only the outputs and metrics files both runs have (one run went further
-    down the pipeline than the other, e.g. `dvc repro evaluate_teacher`)."""
+    stages: compare only these stages' outputs and metrics (e.g. when one checkout ran
+    `dvc repro evaluate_teacher` only: the lock entries of the stages it did not run are still the
+    committed ones)."""
     run_a, run_b = Path(run_a), Path(run_b)
     diffs = []
-    hashes_a, hashes_b = lock_hashes(run_a / "dvc.lock"), lock_hashes(run_b / "dvc.lock")
-    paths = set(hashes_a) & set(hashes_b) if common_only else set(hashes_a) | set(hashes_b)
-    for path in sorted(paths):
+    hashes_a, hashes_b = lock_hashes(run_a / "dvc.lock", stages), lock_hashes(run_b / "dvc.lock", stages)
+    for path in sorted(set(hashes_a) | set(hashes_b)):
         if hashes_a.get(path) != hashes_b.get(path):
             diffs.append(f"output {path}: {hashes_a.get(path)} != {hashes_b.get(path)}")
     files_a, files_b = metric_files(run_a), metric_files(run_b)
-    for name in sorted(set(files_a) & set(files_b) if common_only else set(files_a) | set(files_b)):
+    names = set(files_a) | set(files_b)
+    if stages is not None:
+        written = stage_outputs(run_a / "dvc.lock", stages) | stage_outputs(run_b / "dvc.lock", stages)
+        names = {n for n in names if n in written}
+    for name in sorted(names):
         if name not in files_a or name not in files_b:
             diffs.append(f"metrics {name}: only in {'A' if name in files_a else 'B'}")
             continue
@@ -93,19 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_a", help="a checkout that ran the pipeline")
     parser.add_argument("run_b")
-    parser.add_argument("--common-only", action="store_true",
-                        help="compare only the outputs and metrics both runs have")
+    parser.add_argument("--stages", help="comma-separated stages to compare (default: all in dvc.lock)")
     args = parser.parse_args(argv)
-    diffs = differences(args.run_a, args.run_b, common_only=args.common_only)
-    hashes_a, hashes_b = lock_hashes(Path(args.run_a) / "dvc.lock"), lock_hashes(Path(args.run_b) / "dvc.lock")
-    outputs = len(set(hashes_a) & set(hashes_b)) if args.common_only else len(hashes_a)
+    stages = set(args.stages.split(",")) if args.stages else None
+    diffs = differences(args.run_a, args.run_b, stages=stages)
+    outputs = len(lock_hashes(Path(args.run_a) / "dvc.lock", stages))
     if diffs:
         print(f"{len(diffs)} difference(s):")
         print("\n".join(f"  {d}" for d in diffs))
         return 1
-    files = metric_files(Path(args.run_a)).keys() & metric_files(Path(args.run_b)).keys()
-    print(f"identical: {outputs} data/model output hashes in dvc.lock and every non-timing value of "
-          f"{len(files)} metrics files")
+    which = ", ".join(sorted(stages)) if stages else "every stage"
+    print(f"identical: {outputs} data/model output hashes in dvc.lock and every non-timing metric ({which})")
     return 0
 
 
