@@ -72,7 +72,7 @@ def _fmt(c: dict, digits: int = 2, signed: bool = False) -> str:
     return f"{c['mean']:{sign}.{digits}f} [{c['low']:{sign}.{digits}f}, {c['high']:{sign}.{digits}f}]"
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, *, with_speed: bool = True) -> str:
     seeds = ", ".join(str(s) for s in summary["seeds"])
     lines = [
         "# Default profile over seeds",
@@ -81,14 +81,17 @@ def markdown(summary: dict) -> str:
         "Test = validation_matched (reported only); dev = 1,000 pairs held out of the training pool "
         "(what decisions read). Δ = against the same run's teacher, accuracy points.",
         "",
-        "| model | test accuracy | dev accuracy | Δ test | Δ dev | size × | speed × |",
-        "|---|---|---|---|---|---|---|",
+        "| model | test accuracy | dev accuracy | Δ test | Δ dev | size × |" + (" speed × |" if with_speed else ""),
+        "|---|---|---|---|---|---|" + ("---|" if with_speed else ""),
     ]
     for model, e in summary["models"].items():
         lines.append(
             f"| {model} | {_fmt(e['test_accuracy'])} | {_fmt(e['dev_accuracy'])} | {_fmt(e['test_delta_pts'], signed=True)} | "
-            f"{_fmt(e['dev_delta_pts'], signed=True)} | {_fmt(e['size_ratio'])} | {_fmt(e['speedup'])} |"
+            f"{_fmt(e['dev_delta_pts'], signed=True)} | {_fmt(e['size_ratio'])} |" + (f" {_fmt(e['speedup'])} |" if with_speed else "")
         )
+    if not with_speed:
+        lines += ["", "Speed-ups left out: these runs were timed while sharing the CPU with each other "
+                  "(see the benchmark for a quiet side-by-side timing)."]
     lines += [
         "",
         "Paired against the teacher on the same examples, all seeds pooled (bootstrap within seed, "
@@ -111,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="checkouts that ran the pipeline, one per seed")
     parser.add_argument("--out", default="reports/seeds", help="writes <out>.md and <out>.json")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="leave the speed-ups out of the table (runs timed while sharing the CPU)")
     args = parser.parse_args(argv)
     runs = [load_run(r) for r in args.runs]
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         parser.error(f"runs must differ in seed; got seeds {seeds}")
     summary = summarise(runs)
-    text = markdown(summary)
+    text = markdown(summary, with_speed=not args.no_speed)
     with atomic_path(f"{args.out}.md") as tmp:
         tmp.write_text(text)
     write_json({**summary, "runs": [r["directory"] for r in runs]}, f"{args.out}.json")
