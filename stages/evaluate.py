@@ -11,6 +11,7 @@ every model alike; ratios are against the teacher.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import time
@@ -43,6 +44,25 @@ def quality(logits: np.ndarray, labels: np.ndarray) -> dict:
         "cross_entropy": ce,
         "perplexity": math.exp(ce),
     }
+
+
+@contextlib.contextmanager
+def deployment_mode():
+    """Deterministic kernels off while timing, restored after.
+
+    Deterministic mode may pick slower kernels and also fills every new tensor's memory
+    (torch.utils.deterministic.fill_uninitialized_memory) so that a read of uninitialised memory is
+    reproducible. A deployed model runs in torch's default mode, so that is what is timed; timings
+    feed no output that must be reproducible. (On this machine the difference was within the
+    timing noise for both models.)
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @torch.inference_mode()
@@ -142,7 +162,8 @@ def evaluate(
         name: [tokenize_pairs(tok, c["premise"].tolist(), c["hypothesis"].tolist(), max_length) for c in chunks]
         for name, (_, tok, _) in models.items()
     }
-    times = time_batches({n: m for n, (m, _, _) in models.items()}, batches, params.latency_repeats, params.latency_warmup)
+    with deployment_mode():
+        times = time_batches({n: m for n, (m, _, _) in models.items()}, batches, params.latency_repeats, params.latency_warmup)
     pairs_per_batch = len(sample) / len(chunks)
     timings: dict[str, dict] = {}
     for name, samples in times.items():
