@@ -100,8 +100,13 @@ def run_cmd(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
-def make_tiny_repo(root: Path) -> Path:
-    """A scratch git + DVC repository with this project's pipeline on the tiny profile."""
+def make_tiny_repo(root: Path, shared: Path | None = None) -> Path:
+    """A scratch git + DVC repository with this project's pipeline on the tiny profile.
+
+    The data and the tiny model go to `shared` when given (made once, reused), else beside the
+    repo; params.yaml names them by absolute path, which DVC's queued experiments (run from a
+    temporary copy of the repo) also resolve. Repos made with one `shared` have identical params.
+    """
     repo = root / "repo"
     repo.mkdir()
     for item in ("stages", "pipeline", "dvc.yaml", "params.yaml", "prefect.yaml"):
@@ -110,17 +115,19 @@ def make_tiny_repo(root: Path) -> Path:
             shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, repo / item)
-    data = root / "mnli"
-    data.mkdir()
-    make_pairs(120).to_parquet(data / "train.parquet")
-    make_pairs(40, seed=1).to_parquet(data / "validation_matched.parquet")
-    model = build_tiny_bert(root / "tiny-bert")
+    home = shared or root
+    data = home / "mnli"
+    if not (data / "train.parquet").is_file():
+        data.mkdir(parents=True, exist_ok=True)
+        make_pairs(120).to_parquet(data / "train.parquet")
+        make_pairs(40, seed=1).to_parquet(data / "validation_matched.parquet")
+    model = home / "tiny-bert"
+    if not (model / "config.json").is_file():
+        build_tiny_bert(model)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profile"] = "tiny"
-    # Relative paths, so that two scratch repositories made this way have identical params (and
-    # can be compared output hash by output hash): the data and the model sit beside the repo.
-    params["data"]["local_dir"] = "../mnli"
-    params["model"]["teacher"] = "../" + Path(model).name
+    params["data"]["local_dir"] = str(data.resolve())
+    params["model"]["teacher"] = str(model.resolve())
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_cmd(["git", "init", "-q"], repo)
     run_cmd(["dvc", "init", "-q"], repo)

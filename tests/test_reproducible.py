@@ -29,8 +29,9 @@ READS_TEST = {"prepare", "evaluate_teacher", "evaluate", "report_plots"}
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> tuple[Path, Path]:
     repos = []
+    shared = tmp_path_factory.mktemp("shared")  # one data dir and model: identical params.yaml
     for name in ("a", "b"):
-        repo = make_tiny_repo(tmp_path_factory.mktemp(f"run-{name}"))
+        repo = make_tiny_repo(tmp_path_factory.mktemp(f"run-{name}"), shared=shared)
         _run(["dvc", "repro"], repo)
         repos.append(repo)
     return repos[0], repos[1]
@@ -52,10 +53,17 @@ def test_poisoned_test_labels_change_no_decision_and_no_trained_model(two_runs):
     _, repo = two_runs
     before = lock_hashes(repo / "dvc.lock")
     dev_before = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    test_file = repo.parent / "mnli" / "validation_matched.parquet"
-    test = pd.read_parquet(test_file)
-    test["label"] = (test["label"] + 1) % 3  # every gold test label wrong
-    test.to_parquet(test_file)
+    # A poisoned copy of the data: every gold test label wrong, the training file untouched.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    source = Path(params["data"]["local_dir"])
+    poisoned = repo.parent / "poisoned-mnli"
+    poisoned.mkdir()
+    (poisoned / "train.parquet").write_bytes((source / "train.parquet").read_bytes())
+    test = pd.read_parquet(source / "validation_matched.parquet")
+    test["label"] = (test["label"] + 1) % 3
+    test.to_parquet(poisoned / "validation_matched.parquet")
+    params["data"]["local_dir"] = str(poisoned)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     out = _run(["dvc", "repro"], repo)
     ran = set(re.findall(r"Running stage '([a-z_]+)'", out.stdout))
