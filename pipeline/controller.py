@@ -9,7 +9,7 @@ to change next or why to stop. The accuracy target is judged against a reference
 iteration 0, which the loop's own data decisions cannot move.
 
 Every decision, with its reason, the metrics, the pinned reference and the paired comparison
-behind it, is appended to `controller/decisions.jsonl`, tracked by DVC (`dvc add`) at the end.
+behind it, is appended to `controller/decisions.jsonl` (a git-tracked text log).
 At the end, or when an iteration fails, the best accepted experiment is left applied.
 The loop is bounded by `controller.max_iterations`.
 """
@@ -169,7 +169,7 @@ def control(repo: str | Path, cfg: ControllerParams, bound: int, tag: str,
 
     run_iteration(iteration, changes, name) runs one experiment and returns the stages it ran;
     dvc(cmd) runs any other DVC command. At the end, and when anything in the loop fails, the best
-    accepted experiment is applied and the decision log written and `dvc add`ed; a failure is
+    accepted experiment is applied and the decision log written; a failure is
     then re-raised.
     """
     repo = Path(repo)
@@ -222,8 +222,9 @@ def control(repo: str | Path, cfg: ControllerParams, bound: int, tag: str,
 
 def _finish(repo: Path, history: list[str], records: list[dict], restore: str | None,
             dvc: Callable[[list[str]], str], log: Callable[[str], None]) -> None:
-    """Apply `restore` (when given), then write the whole log back and track it with DVC. A
-    failing apply does not stop the log from being recorded; it is raised afterwards."""
+    """Apply `restore` (when given), then write the whole log back. A failing apply does not stop
+    the log from being recorded; it is raised afterwards. The log is a small text file tracked by
+    git, not DVC: a DVC-tracked log missing from a fresh clone's cache made `dvc exp apply` fail."""
     apply_error: Exception | None = None
     if restore:
         log(f"restoring the best accepted iteration's experiment {restore}")
@@ -235,7 +236,6 @@ def _finish(repo: Path, history: list[str], records: list[dict], restore: str | 
     with atomic_path(repo / DECISIONS) as tmp:
         tmp.write_text("".join(line + "\n" for line in history)
                        + "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    dvc(["dvc", "add", "-q", str(DECISIONS)])
     if apply_error is not None:
         raise apply_error
 

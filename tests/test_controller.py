@@ -145,7 +145,6 @@ def logged(repo: Path) -> list[dict]:
     return [json.loads(line) for line in (repo / DECISIONS).read_text().splitlines()]
 
 
-ADD_LOG = ["dvc", "add", "-q", str(DECISIONS)]
 
 
 def test_an_iteration_that_does_not_improve_restores_the_best_experiment(tmp_path):
@@ -163,7 +162,7 @@ def test_an_iteration_that_does_not_improve_restores_the_best_experiment(tmp_pat
     assert records[1]["comparison"]["verdict"] == "not shown" and records[1]["comparison"]["against"] == name(0)
     assert records[1]["comparison"]["diff"] == pytest.approx(-0.01)
     # The best (0) is applied, then the log is tracked; nothing else is run.
-    assert fake.commands == [["dvc", "exp", "apply", name(0)], ADD_LOG]
+    assert fake.commands == [["dvc", "exp", "apply", name(0)]]
     assert logged(repo) == json.loads(json.dumps(records))
     # The reference is iteration 0's, in every record, although the teacher moved.
     assert records[0]["reference"]["teacher_accuracy"] == records[1]["reference"]["teacher_accuracy"] == 0.60
@@ -179,7 +178,7 @@ def test_the_last_iteration_when_best_is_left_applied_and_the_log_still_recorded
     fake = FakeDvc(repo, [It(size=5.0, ce=0.9), It(size=12.0, ce=0.8, gains=3)])
     records = run_control(repo, fake)
     assert records[-1]["reason"] == "all targets met" and records[-1]["experiment"] == name(1)
-    assert fake.commands == [ADD_LOG]
+    assert fake.commands == []
     assert logged(repo)[0] == {"iteration": 0, "old": True} and len(logged(repo)) == 3
 
 
@@ -193,7 +192,7 @@ def test_met_targets_win_over_an_earlier_better_objective(tmp_path):
     assert j1 > j0  # under the λs each iteration ran with; the decision compares under the same λ
     assert records[1]["misses"] == [] and records[1]["improved"] is True
     assert records[1]["reason"] == "all targets met"
-    assert ["dvc", "exp", "apply", name(0)] not in fake.commands and fake.commands == [ADD_LOG]
+    assert ["dvc", "exp", "apply", name(0)] not in fake.commands and fake.commands == []
 
 
 def test_a_dev_regression_beyond_noise_is_rejected_even_when_it_meets_the_targets(tmp_path):
@@ -206,7 +205,7 @@ def test_a_dev_regression_beyond_noise_is_rejected_even_when_it_meets_the_target
     assert records[1]["misses"] == []
     assert records[1]["comparison"]["verdict"] == "hurt" and records[1]["comparison"]["high"] < 0
     assert records[1]["improved"] is False and "rejected" in records[1]["reason"]
-    assert fake.commands == [["dvc", "exp", "apply", name(0)], ADD_LOG]
+    assert fake.commands == [["dvc", "exp", "apply", name(0)]]
 
 
 def test_a_failed_experiment_leaves_the_best_applied_the_log_recorded_and_raises(tmp_path):
@@ -214,7 +213,7 @@ def test_a_failed_experiment_leaves_the_best_applied_the_log_recorded_and_raises
     fake = FakeDvc(repo, [It(size=5.0, ce=0.9)], fail_at=1)
     with pytest.raises(DvcCommandError, match="failed to reproduce"):
         run_control(repo, fake)
-    assert fake.commands == [["dvc", "exp", "apply", name(0)], ADD_LOG]
+    assert fake.commands == [["dvc", "exp", "apply", name(0)]]
     log = logged(repo)
     assert [r["iteration"] for r in log] == [0, 1]
     assert log[1]["failed"] is True and log[1]["restored"] == name(0) and log[1]["applied"] == {"prune.ratio": 0.4}
@@ -226,7 +225,7 @@ def test_a_failure_before_anything_was_accepted_still_records_the_log(tmp_path):
     fake = FakeDvc(repo, [], fail_at=0)
     with pytest.raises(DvcCommandError):
         run_control(repo, fake)
-    assert fake.commands == [ADD_LOG]  # nothing to restore
+    assert fake.commands == []  # nothing to restore
     assert logged(repo)[0]["restored"] is None
 
 
@@ -235,7 +234,7 @@ def test_a_failing_restore_still_records_the_log_and_the_iteration_error_is_rais
     fake = FakeDvc(repo, [It(size=5.0, ce=0.9)], fail_at=1, fail_apply=True)
     with pytest.raises(DvcCommandError, match="failed to reproduce"):
         run_control(repo, fake)
-    assert fake.commands == [["dvc", "exp", "apply", name(0)], ADD_LOG]
+    assert fake.commands == [["dvc", "exp", "apply", name(0)]]
 
 
 def test_decisions_never_read_test_numbers(tmp_path):
