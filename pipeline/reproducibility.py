@@ -26,6 +26,15 @@ TIMING_OUTPUTS = frozenset({
 TIMING_KEY = re.compile(r"(seconds|runtime|latency|throughput|speedup|per_second|minutes)", re.IGNORECASE)
 
 
+def _hashed(path: str) -> bool:
+    """Data, models, predictions and training curves; not timing outputs, not metrics files."""
+    if path in TIMING_OUTPUTS:
+        return False
+    if path.startswith("dvclive/"):
+        return path.endswith("/plots")
+    return not path.startswith("metrics/")
+
+
 def lock_hashes(lock_path: Path, stages: set[str] | None = None) -> dict[str, str]:
     """{output path: md5} for every data and model output in a dvc.lock (not timing outputs, not
     metrics files: those are compared value by value, timings left out)."""
@@ -36,8 +45,7 @@ def lock_hashes(lock_path: Path, stages: set[str] | None = None) -> dict[str, st
             continue
         for out in entry.get("outs") or []:
             # Metrics files hold timings beside the values: they are compared value by value.
-            if out["path"] not in TIMING_OUTPUTS and not out["path"].startswith(("metrics/", "dvclive/")) \
-                    or out["path"].startswith("dvclive/") and out["path"].endswith("/plots"):
+            if _hashed(out["path"]):
                 hashes[out["path"]] = out.get("md5") or out.get("hash", "")
     return hashes
 

@@ -31,11 +31,10 @@ from stages._training import TrainConfig, train  # noqa: E402
 
 
 class StepClock(TrainerCallback):
-    """Seconds and padded tokens of every optimizer step."""
+    """Seconds of every optimizer step."""
 
     def __init__(self):
         self.seconds: list[float] = []
-        self.tokens: list[int] = []
         self._started = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
