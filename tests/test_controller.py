@@ -100,6 +100,8 @@ def make_repo(tmp_path: Path, targets: dict | None = None, **controller) -> Path
     repo.mkdir(parents=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["controller"].update(controller)
+    # The targets these scripted iterations were written against (params.yaml's may move).
+    params["controller"]["targets"].update({"min_size_ratio": 10.0, "min_speedup": 8.0, "min_speedup_b1": None})
     params["controller"]["targets"].update(targets or {})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "metrics").mkdir()

@@ -237,3 +237,19 @@ def test_adaptive_class_fraction_raises_only_classes_below_the_mean():
 def test_override_values_use_dvc_set_grammar():
     assert override_value({"neutral": 0.5}) == "{neutral: 0.5}"
     assert override_value(0.25) == "0.25" and override_value("random") == '"random"'
+
+
+def test_a_batch_one_latency_target_is_a_target_like_the_others():
+    targets = TARGETS.model_copy(update={"min_speedup_b1": 4.0})
+    slow_b1 = Measured(accuracy=0.595, cross_entropy=0.8, size_ratio=4.0, speedup=2.0, labelled_fraction=0.3, speedup_b1=3.0)
+    decision = decide(slow_b1, KNOBS, targets, State(), REF)
+    assert decision.misses == ["latency_b1"] and decision.changes == {"prune.ratio": 0.4}
+    assert "latency_b1" in decision.reason
+    # Met, or not measured (an older timing file): no miss.
+    for b1 in (4.0, None):
+        ok = Measured(accuracy=0.595, cross_entropy=0.8, size_ratio=4.0, speedup=2.0, labelled_fraction=0.3, speedup_b1=b1)
+        assert decide(ok, KNOBS, targets, State(), REF).misses == []
+    # measured_from_metrics reads it from the timing file.
+    evaluate = {"models": {"quantized": {"dev": {"accuracy": 0.6, "cross_entropy": 0.8}, "size_ratio": 5.0}}}
+    timing = {"models": {"quantized": {"speedup": 2.0, "speedup_b1_p50": 3.5}}}
+    assert measured_from_metrics(evaluate, timing, "quantized", 0.3).speedup_b1 == 3.5

@@ -102,8 +102,28 @@ def test_evaluate_reports_every_model_against_the_teacher(tiny_model_dir, tmp_pa
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5) and (probs.argmax(axis=1) == frame["pred"]).all()
     delta = (results["quantized"]["dev"]["accuracy"] - results["teacher"]["dev"]["accuracy"]) * 100
     assert results["quantized"]["dev"]["accuracy_delta_pts"] == pytest.approx(delta, abs=0.01)
-    table = report_markdown(results, timings, rows={"dev": 20, "test": 40}, threads=1)
+    table = report_markdown(results, timings, rows={"dev": 20, "test": 40}, threads=1, deployed="quantized")
     assert "| teacher |" in table and "| quantized |" in table and "Dev: 20 pairs" in table
+    assert "Deployed model: quantized." in table
+    # Batch-1 latency: p50 <= p95, a speed-up of exactly 1 for the teacher, every row labelled with its device.
+    for t in timings.values():
+        assert 0 < t["latency_ms_b1_p50"] <= t["latency_ms_b1_p95"] and t["device"] == "cpu"
+    assert timings["teacher"]["speedup_b1_p50"] == 1
+
+    # The teacher scored once: evaluate reuses evaluate_teacher's quality and predictions instead of
+    # scoring it again. Planted values (which no model produced) must come through untouched.
+    planted = {split: {**results["teacher"][split], "accuracy": 0.123} for split in ("dev", "test")}
+    reference = {"quality": planted, "predictions": {s: predictions[f"teacher-{s}"] for s in ("dev", "test")}}
+    reused, _, reused_preds = evaluate(models, {"dev": dev, "test": test}, EvaluateParams(latency_repeats=1),
+                                       max_length=32, seed=0, timing=False, reference=reference)
+    assert reused["teacher"]["test"]["accuracy"] == 0.123 and reused_preds["teacher-dev"] is predictions["teacher-dev"]
+    assert reused["quantized"]["test"]["accuracy_delta_pts"] == pytest.approx(
+        (results["quantized"]["test"]["accuracy"] - 0.123) * 100, abs=0.01)
+    # Scores of other rows (a stale evaluate_teacher) are refused, naming the split and the fix.
+    stale = {"quality": planted, "predictions": {"dev": predictions["teacher-dev"].iloc[:-1], "test": predictions["teacher-test"]}}
+    with pytest.raises(ValueError, match="'dev'.*dvc repro evaluate_teacher"):
+        evaluate(models, {"dev": dev, "test": test}, EvaluateParams(latency_repeats=1), max_length=32, seed=0,
+                 timing=False, reference=stale)
 
 
 def test_time_batches_runs_every_batch_per_repeat_and_averages():

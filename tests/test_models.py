@@ -161,3 +161,35 @@ def test_quantizing_a_trained_model_keeps_its_predictions(tiny_model_dir, tmp_pa
         assert abs((int8_pred == gold).float().mean().item() - float_accuracy) <= 0.05
     finally:
         torch.set_num_threads(threads)
+
+
+def test_model_files_never_unpickle_and_old_formats_name_the_fix(tiny_model_dir, tmp_path):
+    import json
+    import pickle
+
+    from stages._models import SEC_FORMAT_VERSION, ModelError
+    from stages._quantization import quantize_model
+
+    model, tok = load_pretrained_classifier(tiny_model_dir, seed=0)
+    save_model(quantize_model(model, "dynamic_int8_per_channel"), tok, tmp_path / "q", {"stage": "quantize", "quantization": "x"})
+    info = json.loads((tmp_path / "q" / "sec.json").read_text())
+    assert info["format_version"] == SEC_FORMAT_VERSION
+    load_model(tmp_path / "q")  # int8 state dicts load with weights_only=True
+
+    # A weights file that would run code when unpickled is refused, naming the file and the fix.
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"x": Payload()}, tmp_path / "q" / "sec_model.pt", pickle_module=pickle)
+    with pytest.raises(ModelError, match=r"q/sec_model.pt: refused to unpickle.*dvc repro quantize"):
+        load_model(tmp_path / "q")
+
+    # Written before format_version existed / by a newer version: a clear error, not a crash.
+    for version, message in ((None, "older sec-pipeline.*dvc repro quantize"), (SEC_FORMAT_VERSION + 1, "newer than")):
+        stale = {k: v for k, v in info.items() if k != "format_version"}
+        if version is not None:
+            stale["format_version"] = version
+        (tmp_path / "q" / "sec.json").write_text(json.dumps(stale))
+        with pytest.raises(ModelError, match=f"{tmp_path / 'q'}: .*{message}"):
+            load_model(tmp_path / "q")
