@@ -1,4 +1,4 @@
-"""`sec`: the project's command line: predict, compare, and the Prefect server, worker, deployments and flows."""
+"""`sec`: the project's command line: predict, compare, export, and the Prefect server, worker, deployments and flows."""
 
 from __future__ import annotations
 
@@ -68,6 +68,16 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from stages._onnx import export_model_dir
+
+    metrics = export_model_dir(args.model_dir, args.out_dir, precision="int8" if args.int8 else "fp32",
+                               optimize=not args.no_optimize, opset=args.opset, max_length=args.max_length)
+    fused = metrics["steps"].get("optimize", {}).get("fused", {})
+    print(f"wrote {args.out_dir}: {metrics['precision']} {metrics['size_mb']} MB" + (f", fused {fused}" if fused else ""))
+    return 0
+
+
 def _compare(args) -> int:
     from pipeline.compare import run_cli
 
@@ -84,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export a model directory to ONNX (fp32 or int8) that runs with onnxruntime only")
+    p.add_argument("model_dir", help="float model directory, e.g. models/distilled (not the torch int8 one)")
+    p.add_argument("out_dir", help="directory to write: model.onnx, tokenizer, sec.json, sec_onnx.py")
+    p.add_argument("--int8", action="store_true", help="ONNX Runtime dynamic int8 (per-channel weights)")
+    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's fusions (attention, LayerNorm, GELU)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--max-length", type=int, default=128)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("server", help="start a local Prefect server and UI on 127.0.0.1 (telemetry off)")
     p.add_argument("--port", type=int, default=4200)
