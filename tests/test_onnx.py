@@ -164,6 +164,11 @@ def test_predict_keeps_input_order_and_batches_like_run(model_dirs, tmp_path):
     batched = runtime.predict(premises, hypotheses, batch_size=4)
     np.testing.assert_allclose(batched, one_by_one, atol=FP32_TOLERANCE, rtol=0)  # padding changes nothing
     assert runtime.labels == ["entailment", "neutral", "contradiction"] and runtime.num_labels == 3
+    options = runtime.session.get_session_options()
+    assert options.use_deterministic_compute and options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    quiet = OnnxClassifier(tmp_path / "onnx", threads=1, spin=False).session.get_session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_int8_agrees_with_fp32_and_is_smaller(tiny_model_dir, tmp_path):
