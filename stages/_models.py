@@ -182,7 +182,8 @@ class OnnxModel:
         from stages.onnx_runtime import OnnxClassifier
 
         self.directory = Path(directory)
-        self.runtime = OnnxClassifier(directory, threads=threads or torch.get_num_threads())
+        # spin=False: spinning ORT worker threads would steal the cores from the models timed after it.
+        self.runtime = OnnxClassifier(directory, threads=threads or torch.get_num_threads(), spin=False)
         self.config = AutoConfig.from_pretrained(directory)
 
     def eval(self):
