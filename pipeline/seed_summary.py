@@ -24,7 +24,7 @@ from pipeline.compare import compare_predictions
 from pipeline.stats import mean_ci
 from stages._io import atomic_path, write_json
 
-MODELS = ("teacher", "pruned", "distilled", "quantized")
+MODELS = ("teacher", "pruned", "distilled", "quantized", "onnx_fp32", "onnx_int8")
 
 
 def _ci(values: list[float], scale: float = 1.0) -> dict:

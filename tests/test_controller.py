@@ -310,7 +310,8 @@ def test_controller_reruns_prune_downstream_logs_why_and_stops_within_bound(tmp_
     assert first["reference"]["teacher_accuracy"] == first["metrics"]["teacher_accuracy"]
     second = records[1]
     assert second["applied"] == {"prune.ratio": 0.4}
-    assert second["stages_run"] == ["prune", "distill", "quantize", "evaluate", "report_plots"]  # nothing upstream
+    ran = second["stages_run"]  # nothing upstream; quantize and export are independent (either order)
+    assert ran[:2] == ["prune", "distill"] and sorted(ran[2:4]) == ["export", "quantize"] and ran[4:] == ["evaluate", "report_plots"]
     assert second["comparison"]["against"] == first["experiment"] and second["comparison"]["rows"] > 0
     assert records[-1]["stop"] is True and records[-1]["reason"]
 

@@ -44,7 +44,8 @@ def test_repro_runs_every_stage_then_skips_them_all(tiny_repo):
     assert sorted(ran) == sorted(STAGES)  # DVC may order independent branches differently
     assert ran.index("fine_tune") < ran.index("evaluate_teacher") and ran.index("evaluate") < ran.index("report_plots")
     report = json.loads((tiny_repo / "metrics" / "evaluate.json").read_text())
-    assert set(report["models"]) == {"teacher", "pruned", "distilled", "quantized"}
+    assert set(report["models"]) == {"teacher", "pruned", "distilled", "quantized", "onnx_fp32", "onnx_int8"}
+    assert report["deployed"] == "quantized"  # quantize.backend: torch
     assert report["models"]["pruned"]["params"] < report["models"]["teacher"]["params"]
     assert report["models"]["distilled"]["params"] < report["models"]["pruned"]["params"]  # fewer layers, trimmed vocab
     teacher_only = json.loads((tiny_repo / "metrics" / "evaluate_teacher.json").read_text())
@@ -71,7 +72,9 @@ def test_repro_runs_every_stage_then_skips_them_all(tiny_repo):
 
 def test_params_change_reruns_only_downstream_stages(tiny_repo):
     result = _run(["dvc", "exp", "run", "-S", "prune.ratio=0.5"], tiny_repo)
-    assert _ran(result.stdout) == ["prune", "distill", "quantize", "evaluate", "report_plots"]
+    ran = _ran(result.stdout)
+    assert sorted(ran) == sorted(["prune", "distill", "quantize", "export", "evaluate", "report_plots"])
+    assert ran[:2] == ["prune", "distill"] and ran[-2:] == ["evaluate", "report_plots"]
     shown = _run(["dvc", "exp", "show", "--json"], tiny_repo).stdout
     assert "0.5" in shown
     diff = _run(["dvc", "params", "diff", "--json"], tiny_repo).stdout

@@ -52,7 +52,7 @@ def _record_dvc_runs(monkeypatch) -> dict[str, str]:
 def test_pipeline_flow_runs_stages_and_never_answers_a_params_change_from_cache(tmp_path, monkeypatch):
     repo = make_tiny_repo(tmp_path)
     metrics = sec_pipeline(repo=str(repo))
-    assert set(metrics["models"]) == {"teacher", "pruned", "distilled", "quantized"}
+    assert set(metrics["models"]) == {"teacher", "pruned", "distilled", "quantized", "onnx_fp32", "onnx_int8"}
 
     # Same params: DVC skips; the task still runs (no Prefect cache) and reports it.
     assert run_stage("prune", str(repo)) == "skipped"
@@ -63,7 +63,7 @@ def test_pipeline_flow_runs_stages_and_never_answers_a_params_change_from_cache(
     states = sec_pipeline(overrides={"prune.ratio": 0.5}, repo=str(repo), return_state=True)
     assert states.is_completed()
     assert list(dvc_runs) == STAGE_ORDER  # every stage was handed to DVC, in order
-    rerun = {"prune", "distill", "quantize", "evaluate", "report_plots"}
+    rerun = {"prune", "distill", "quantize", "export", "evaluate", "report_plots"}
     assert dvc_runs == {stage: "ran" if stage in rerun else "not run" for stage in STAGE_ORDER}
     assert yaml.safe_load((repo / "params.yaml").read_text())["prune"]["ratio"] == 0.5
     prune_metrics = json.loads((repo / "metrics" / "prune.json").read_text())
