@@ -63,7 +63,8 @@ def _controller(args) -> int:
 def _predict(args) -> int:
     from pipeline.predict import predict_file
 
-    n = predict_file(args.model_dir, args.input, args.output, batch_size=args.batch_size, max_length=args.max_length)
+    n = predict_file(args.model_dir, args.input, args.output, batch_size=args.batch_size, max_length=args.max_length,
+                     device=args.device)
     print(f"wrote {n} predictions to {args.output}")
     return 0
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="JSONL to write: premise, hypothesis, label, label_name, probs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to score (auto: cuda when there is one; env SEC_DEVICE overrides); int8 and ONNX models stay on the CPU")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="export a model directory to ONNX (fp32 or int8) that runs with onnxruntime only")

@@ -21,8 +21,12 @@ import os
 import torch
 
 
-def seed_everything(seed: int, threads: int) -> dict:
-    """Seed every RNG, fix the thread count, pick deterministic kernels. Returns what it set."""
+def seed_everything(seed: int, threads: int, device: torch.device | str | None = None) -> dict:
+    """Seed every RNG, fix the thread count, pick deterministic kernels. Returns what it set.
+
+    `device`: the stage's device (stages._device.pick_device), recorded beside the rest, so every
+    stage's metrics say where it computed (results on a GPU differ from the CPU's in the last bits).
+    """
     from transformers import set_seed
 
     # Must be set before the first cuBLAS call; harmless on CPU.
@@ -32,5 +36,10 @@ def seed_everything(seed: int, threads: int) -> dict:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    return {"seed": seed, "threads": torch.get_num_threads(), "deterministic_algorithms": True}
+    run = {"seed": seed, "threads": torch.get_num_threads(), "deterministic_algorithms": True}
+    if device is not None:
+        from stages._device import describe
+
+        run.update(describe(device))
+    return run
 

@@ -93,6 +93,14 @@ class TrainParams(_Section):
     save_steps: int = Field(default=100, ge=1)
 
 
+class TrainingParams(_Section):
+    # How every training run computes (active_select's acquisition model, fine_tune, prune
+    # recovery, distill): mixed precision through the Trainer's autocast, weights kept float32.
+    # auto: bf16 on a CUDA GPU that has it, fp16 on an older GPU, fp32 on the CPU for now
+    # (stages._device.resolve_precision says why).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
 class FineTuneParams(TrainParams):
     # λ2 inside training: weight of the group-lasso penalty on the heads and FFN channels that
     # pruning removes (stages._pruning.group_norms), so pruning them later costs less. 0 = off.
@@ -167,6 +175,10 @@ class Params(_Section):
     # CPU threads every stage runs with (recorded in its metrics): a float sum split over another
     # number of threads can round differently, so the thread count is part of what a run is.
     threads: int = Field(default=2, ge=1)
+    # Where model stages compute: auto = cuda when torch sees a GPU, else cpu. The environment
+    # variable SEC_DEVICE overrides it (stages._device.pick_device).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    train: TrainingParams = TrainingParams()
     data: DataParams
     model: ModelParams
     active_select: ActiveSelectParams
@@ -206,7 +218,7 @@ def _merge_profile(raw: dict, source: str) -> dict:
     for key, preset in PROFILES[profile].items():
         merged.setdefault(key, dict(preset))
     for key in Params.model_fields:
-        if key not in merged and key not in ("profile", "seed", "threads"):
+        if key not in merged and key not in ("profile", "seed", "threads", "device"):
             merged[key] = {}
     return merged
 

@@ -104,9 +104,11 @@ def trim_vocabulary(model: PreTrainedModel, tokenizer, keep_ids: set[int]):
 
     index = torch.tensor(old_ids)
     old = model.get_input_embeddings()
-    new = nn.Embedding(len(old_ids), old.embedding_dim, padding_idx=new_id.get(old.padding_idx) if old.padding_idx is not None else None)
+    # On the old table's device and dtype: the model may be on a GPU after training.
+    new = nn.Embedding(len(old_ids), old.embedding_dim, padding_idx=new_id.get(old.padding_idx) if old.padding_idx is not None else None,
+                       device=old.weight.device, dtype=old.weight.dtype)
     with torch.no_grad():
-        new.weight.copy_(old.weight[index])  # (len(old_ids), hidden)
+        new.weight.copy_(old.weight[index.to(old.weight.device)])  # (len(old_ids), hidden)
     model.set_input_embeddings(new)
     model.config.vocab_size = len(old_ids)
     if tokenizer.pad_token_id is not None:

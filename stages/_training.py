@@ -16,6 +16,7 @@ Training curves go to dvclive so `dvc plots` shows them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -52,11 +53,23 @@ class TrainConfig:
     # similar length, drawn at random; on the cpu profile's seed set 1.68x fewer padded tokens a
     # step than random batches, scripts/bench_training.py) or "random".
     sampling: str = "group_by_length"
+    # fp32 | bf16 | fp16, already resolved for the device (stages._device.resolve_precision):
+    # the Trainer's autocast; weights and optimizer state stay float32.
+    precision: str = "fp32"
 
 
-def train_config(params, *, seed: int, max_length: int, alpha: float = 0.0, temperature: float = 1.0) -> TrainConfig:
+def precision_flags(precision: str) -> dict:
+    """TrainingArguments' mixed-precision flags for a resolved precision."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be resolved to fp32, bf16 or fp16 first, got {precision!r}")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def train_config(params, *, seed: int, max_length: int, alpha: float = 0.0, temperature: float = 1.0,
+                 precision: str = "fp32") -> TrainConfig:
     """TrainConfig from a stages._params.TrainParams section (fine_tune, distill)."""
     return TrainConfig(
+        precision=precision,
         epochs=params.epochs,
         batch_size=params.batch_size,
         max_steps=params.max_steps,
@@ -172,26 +185,57 @@ class SecTrainer(Trainer):
         self.layer_pairs = layer_pairs or []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        weight = inputs.pop("weight")
-        teacher_logits = inputs.pop("teacher_logits", None)
-        hidden = self.teacher is not None and self.hidden_weight > 0
-        outputs = model(**inputs, output_hidden_states=hidden)
-        if self.teacher is not None:
-            self.teacher.to(outputs.logits.device)
-            with torch.no_grad():
-                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
-            teacher_logits = teacher_out.logits
-        loss = sec_loss(outputs.logits, labels, weight, teacher_logits, self.alpha, self.temperature)
-        if hidden:
-            loss = loss + self.hidden_weight * hidden_state_loss(
-                outputs.hidden_states, teacher_out.hidden_states, self.layer_pairs, inputs["attention_mask"]
-            )
-        if self.sparsity_weight > 0:
-            from stages._pruning import group_norms
-
-            loss = loss + self.sparsity_weight * group_norms(model).mean()
+        loss, outputs = step_loss(
+            model, inputs, alpha=self.alpha, temperature=self.temperature, sparsity_weight=self.sparsity_weight,
+            teacher=self.teacher, hidden_weight=self.hidden_weight, layer_pairs=self.layer_pairs,
+            # accelerate autocasts the student's forward only; the teacher gets the same precision.
+            autocast=self.accelerator.autocast,
+        )
         return (loss, outputs) if return_outputs else loss
+
+
+def step_loss(
+    model,
+    inputs: dict,
+    *,
+    alpha: float = 0.0,
+    temperature: float = 1.0,
+    sparsity_weight: float = 0.0,
+    teacher=None,
+    hidden_weight: float = 0.0,
+    layer_pairs: list[tuple[int, int]] | None = None,
+    autocast=contextlib.nullcontext,
+) -> tuple[torch.Tensor, object]:
+    """One batch's training loss, and the student's outputs. `inputs` is the collated batch on
+    the student's device (the Trainer moves it); `teacher` runs beside the student when given.
+
+    The teacher is moved to the student's device here (a no-op once it is there): whoever built
+    it, a teacher left on the CPU would otherwise meet the GPU student's batch.
+    """
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    weight = inputs.pop("weight")
+    teacher_logits = inputs.pop("teacher_logits", None)
+    hidden = teacher is not None and hidden_weight > 0
+    outputs = model(**inputs, output_hidden_states=hidden)
+    if teacher is not None:
+        from stages._device import model_device
+
+        if model_device(teacher) != outputs.logits.device:
+            teacher.to(outputs.logits.device)
+        with torch.no_grad(), autocast():
+            teacher_out = teacher(**inputs, output_hidden_states=hidden)
+        teacher_logits = teacher_out.logits
+    loss = sec_loss(outputs.logits, labels, weight, teacher_logits, alpha, temperature)
+    if hidden:
+        loss = loss + hidden_weight * hidden_state_loss(
+            outputs.hidden_states, teacher_out.hidden_states, layer_pairs or [], inputs["attention_mask"]
+        )
+    if sparsity_weight > 0:
+        from stages._pruning import group_norms
+
+        loss = loss + sparsity_weight * group_norms(model).mean()
+    return loss, outputs
 
 
 class DvcLiveCallback(TrainerCallback):
@@ -251,13 +295,21 @@ def train(
     hidden_weight: float = 0.0,
     layer_pairs: list[tuple[int, int]] | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Train in place; resume from the newest checkpoint in `checkpoint_dir` if one exists.
+
+    `device`: where to train (None: stages._device.pick_device's choice). The Trainer moves the
+    model there; on "cpu" it is told `use_cpu`, so a CPU run stays on the CPU even where CUDA
+    exists. The model is left on that device afterwards.
 
     `checkpoint_dir` is kept outside DVC's outputs (DVC deletes outputs before a stage runs), and
     should be keyed by everything that determines the run, so that only a killed run of the same
     job resumes. It is deleted after success.
     """
+    from stages._device import pick_device
+
+    device = torch.device(device) if device is not None else pick_device()
     checkpoint_dir = Path(checkpoint_dir)
     last = last_complete_checkpoint(checkpoint_dir)
     args = TrainingArguments(
@@ -278,7 +330,9 @@ def train(
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=device.type == "cuda",
+        use_cpu=device.type == "cpu",
+        **precision_flags(cfg.precision),
     )
     callbacks = list(callbacks or []) + ([DvcLiveCallback(live_dir, resume=last is not None)] if live_dir else [])
     trainer = SecTrainer(
@@ -302,6 +356,8 @@ def train(
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
         "train_rows": len(df),
         "resumed_from": Path(last).name if last else None,
+        "device": args.device.type,  # where the Trainer actually trained
+        "precision": cfg.precision,
     }
 
 

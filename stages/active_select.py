@@ -21,6 +21,7 @@ import pandas as pd
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._device import pick_device, resolve_precision
 from stages._inference import predict_logits, softmax
 from stages._io import DataError, read_pairs, write_metrics, write_pairs
 from stages._models import load_pretrained_classifier
@@ -58,6 +59,19 @@ def pseudo_label(rest: pd.DataFrame, probs: np.ndarray, size: int, weight: float
     return chosen.reset_index(drop=True), remaining
 
 
+def score_pool(model, tokenizer, pool: pd.DataFrame, *, max_length: int) -> np.ndarray:
+    """Class probabilities of every pool pair, shape (len(pool), 3), row i = pool row i.
+
+    Runs wherever the model is (after training, the Trainer's device); what acquisition scoring
+    and pseudo-labelling both read.
+    """
+    logits = predict_logits(
+        model, tokenizer, pool["premise"].tolist(), pool["hypothesis"].tolist(),
+        batch_size=64, max_length=max_length, desc="score pool",
+    )
+    return softmax(logits)
+
+
 def pick(
     seed_set: pd.DataFrame, pool: pd.DataFrame, oracle: pd.DataFrame, scores: np.ndarray, budget: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -86,6 +100,8 @@ def active_select(
     max_length: int,
     seed: int,
     checkpoint_dir: str | Path,
+    device=None,
+    precision: str = "fp32",
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     started = time.perf_counter()
     metrics: dict = {"strategy": params.strategy, "budget": params.budget, "pool_rows": len(pool)}
@@ -102,13 +118,10 @@ def active_select(
             learning_rate=params.learning_rate,
             seed=seed,
             max_length=max_length,
+            precision=precision,
         )
-        metrics["acquisition"] = train(model, tokenizer, seed_set, cfg, checkpoint_dir=checkpoint_dir)
-        logits = predict_logits(
-            model, tokenizer, pool["premise"].tolist(), pool["hypothesis"].tolist(),
-            batch_size=64, max_length=max_length, desc="score pool",
-        )
-        probs = softmax(logits)  # (len(pool), 3), row i = pool row i
+        metrics["acquisition"] = train(model, tokenizer, seed_set, cfg, checkpoint_dir=checkpoint_dir, device=device)
+        probs = score_pool(model, tokenizer, pool, max_length=max_length)  # (len(pool), 3)
         if params.strategy in ("entropy", "margin"):
             scores = uncertainty(probs, params.strategy, seed)
     labelled, rest = pick(seed_set, pool, oracle, scores, budget)
@@ -152,16 +165,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    run_info = seed_everything(params.seed, params.threads)
+    device = pick_device(params.device)
+    run_info = seed_everything(params.seed, params.threads, device)
+    precision = resolve_precision(params.train.precision, device)
     prepared = Path(args.prepared)
     seed_set = read_pairs(prepared / "seed.parquet")
     pool = read_pairs(prepared / "pool.parquet", allow_unlabelled=True)
     oracle = pd.read_parquet(prepared / "oracle.parquet")
-    job = {"active_select": params.active_select.model_dump(), "model": params.model.model_dump(), "seed": params.seed}
+    job = {"active_select": params.active_select.model_dump(), "model": params.model.model_dump(), "seed": params.seed,
+           "precision": precision}
     labelled, rest, metrics = active_select(
         seed_set, pool, oracle, params.active_select,
         teacher=params.model.teacher, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("active_select", job, [prepared / "seed.parquet"]),
+        device=device, precision=precision,
     )
     write_pairs(labelled, Path(args.out_dir) / "labelled.parquet")
     write_pairs(rest, Path(args.out_dir) / "unlabelled.parquet")

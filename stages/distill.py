@@ -15,9 +15,11 @@ import argparse
 import time
 
 import pandas as pd
+import torch
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._device import model_device, pick_device, resolve_precision
 from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, load_pretrained_classifier, save_model
@@ -36,31 +38,39 @@ def transfer_set(labelled: pd.DataFrame, unlabelled: pd.DataFrame, size: int, se
 
 
 def distill(
-    student, tokenizer, teacher, data: pd.DataFrame, params: DistillParams, *, max_length: int, seed: int, checkpoint_dir, live_dir=None
+    student, tokenizer, teacher, data: pd.DataFrame, params: DistillParams, *, max_length: int, seed: int, checkpoint_dir,
+    live_dir=None, device=None, precision: str = "fp32",
 ) -> tuple[object, object, dict]:
     """Shrink `student` (layers), train it against `teacher`, trim its vocabulary.
 
     Returns (student, its tokenizer, metrics); the student may be a new object after trimming.
+    `device`: where both models compute (None: where the student is). The teacher goes there too,
+    in eval mode: its soft labels and hidden states must meet the student's batches on one device.
     """
     started = time.perf_counter()
+    device = torch.device(device) if device is not None else model_device(student)
+    student.to(device)
+    teacher.to(device).eval()
     params_start = count_parameters(student)
     kept = evenly_spaced_layers(student.config.num_hidden_layers, params.layers)
     keep_layers(student, kept)
-    cfg = train_config(params, seed=seed, max_length=max_length, alpha=params.alpha, temperature=params.temperature)
+    cfg = train_config(params, seed=seed, max_length=max_length, alpha=params.alpha, temperature=params.temperature,
+                       precision=precision)
     if params.hidden_weight > 0:
         # Hidden states are too big to precompute: the teacher runs beside the student.
         if teacher.config.hidden_size != student.config.hidden_size:
             raise ValueError("distill.hidden_weight needs a student with the teacher's hidden size")
         metrics = train(
             student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
-            teacher=teacher, hidden_weight=params.hidden_weight, layer_pairs=layer_map(kept),
+            teacher=teacher, hidden_weight=params.hidden_weight, layer_pairs=layer_map(kept), device=device,
         )
     else:
         teacher_logits = predict_logits(
             teacher, tokenizer, data["premise"].tolist(), data["hypothesis"].tolist(),
             batch_size=64, max_length=max_length, desc="teacher soft labels",
         )
-        metrics = train(student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir, teacher_logits=teacher_logits)
+        metrics = train(student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
+                        teacher_logits=teacher_logits, device=device)
     metrics.update(layers_kept=kept, vocab_before=student.config.vocab_size)
     if params.trim_vocab:
         used = used_token_ids(tokenizer, data["premise"].tolist(), data["hypothesis"].tolist())
@@ -88,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    run_info = seed_everything(params.seed, params.threads)
+    device = pick_device(params.device)
+    run_info = seed_everything(params.seed, params.threads, device)
+    precision = resolve_precision(params.train.precision, device)
     p = params.distill
     teacher, tokenizer = load_model(args.teacher)
     if p.student == "pruned":
@@ -100,11 +112,12 @@ def main(argv: list[str] | None = None) -> None:
                          "soft labels are computed per pair, so pick a student with the teacher's tokenizer")
     unlabelled = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
     data = transfer_set(read_pairs(args.train), unlabelled, p.transfer_size, params.seed)
-    job = {"distill": p.model_dump(), "seed": params.seed, "max_length": params.model.max_length}
+    job = {"distill": p.model_dump(), "seed": params.seed, "max_length": params.model.max_length, "precision": precision}
     inputs = [args.teacher, args.train, args.unlabelled] + ([args.pruned] if p.student == "pruned" else [])
     student, student_tokenizer, metrics = distill(
         student, tokenizer, teacher, data, p, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("distill", job, inputs), live_dir=args.live_dir,
+        device=device, precision=precision,
     )
     # Saved with the shape it now has (layers, heads, FFN widths; vocabulary in config.json).
     info = {

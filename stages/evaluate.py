@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import statistics
@@ -30,6 +31,7 @@ from sklearn.metrics import f1_score
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._device import cpu_only, describe, pick_device
 from stages._inference import predict_logits, tokenize_pairs
 from stages._io import LABEL_NAMES, atomic_path, read_pairs, write_json, write_metrics
 from stages._models import OnnxModel, load_model, weights_size_mb
@@ -71,32 +73,42 @@ def deployment_mode():
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
+def _no_sync() -> None:
+    pass
+
+
 @torch.inference_mode()
-def time_batches(models: dict, batches: dict[str, list[dict]], repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_batches(models: dict, batches: dict[str, list[dict]], repeats: int, warmup: int, sync=_no_sync) -> dict[str, list[float]]:
     """Mean ms per forward pass over each model's batches, one value per repeat.
 
-    Models are interleaved within each repeat, so machine noise hits every model alike.
+    Models are interleaved within each repeat, so machine noise hits every model alike. `sync`
+    waits for queued device work (torch.cuda.synchronize on a GPU, whose kernels run async).
     """
     times: dict[str, list[float]] = {name: [] for name in models}
     for r in range(warmup + repeats):
         for name, model in models.items():
+            sync()
             started = time.perf_counter()
             for batch in batches[name]:
                 model(**batch)
+            sync()
             if r >= warmup:
                 times[name].append((time.perf_counter() - started) * 1000 / len(batches[name]))
     return times
 
 
 @torch.inference_mode()
-def time_single_pairs(models: dict, pairs: dict[str, list[dict]], repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_single_pairs(models: dict, pairs: dict[str, list[dict]], repeats: int, warmup: int,
+                      sync=_no_sync) -> dict[str, list[float]]:
     """Batch-1 latency: for each pair, the median ms over `repeats` calls; models interleaved call by call."""
     samples: dict[str, list[list[float]]] = {name: [[] for _ in pairs[name]] for name in models}
     for r in range(warmup + repeats):
         for i in range(len(next(iter(pairs.values())))):
             for name, model in models.items():
+                sync()
                 started = time.perf_counter()
                 model(**pairs[name][i])
+                sync()
                 if r >= warmup:
                     samples[name][i].append((time.perf_counter() - started) * 1000)
     return {name: [statistics.median(s) for s in per_pair] for name, per_pair in samples.items()}
@@ -112,6 +124,16 @@ def parameter_count(model) -> int:
 
 def model_device(model) -> str:
     return "cpu" if isinstance(model, OnnxModel) else str(next(model.parameters(), torch.empty(0)).device)
+
+
+def on_device(model, device: torch.device | str):
+    """`model` itself when it is to run on the CPU (where models load) or cannot leave it (int8,
+    ONNX Runtime); else a copy on `device`. A copy, so the CPU original is still there to be timed
+    on the CPU, the deployment target."""
+    device = torch.device(device)
+    if device.type == "cpu" or cpu_only(model):
+        return model
+    return copy.deepcopy(model).to(device)
 
 
 def per_class_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -169,7 +191,7 @@ def check_reference(reference: dict, splits: dict[str, pd.DataFrame]) -> None:
 
 def evaluate(
     models: dict, splits: dict[str, pd.DataFrame], params: EvaluateParams, *, max_length: int, seed: int,
-    timing: bool = True, reference: dict | None = None,
+    timing: bool = True, reference: dict | None = None, device: torch.device | str = "cpu",
 ) -> tuple[dict, dict, dict[str, pd.DataFrame]]:
     """models: name -> (model, tokenizer, directory); splits: "dev"/"test" -> frame.
 
@@ -179,6 +201,8 @@ def evaluate(
     latency and the speed-up need every model in one process, interleaved. `reference`:
     {"quality": {split: metrics}, "predictions": {split: frame}} of the teacher, already scored by
     evaluate_teacher on these splits: reused instead of scoring the teacher again.
+    `device`: where quality is scored (models load on the CPU; a GPU gets a copy, freed after).
+    The latency returned here is the CPU's (see time_models for the GPU's).
     """
     results: dict[str, dict] = {}
     predictions: dict[str, pd.DataFrame] = {}
@@ -186,16 +210,19 @@ def evaluate(
         check_reference(reference, splits)
     for name, (model, tokenizer, directory) in models.items():
         results[name] = {}
+        scorer = None
         for split, frame in splits.items():
             if name == REFERENCE and reference is not None:
                 metrics, preds = dict(reference["quality"][split]), reference["predictions"][split]
                 metrics.pop("accuracy_delta_pts", None)
             else:
+                scorer = scorer if scorer is not None else on_device(model, device)
                 metrics, preds = score_split(
-                    model, tokenizer, frame, batch_size=params.batch_size, max_length=max_length, desc=f"evaluate {name} {split}"
+                    scorer, tokenizer, frame, batch_size=params.batch_size, max_length=max_length, desc=f"evaluate {name} {split}"
                 )
             results[name][split] = metrics
             predictions[f"{name}-{split}"] = preds
+        del scorer  # a GPU copy goes before the next model's arrives
         results[name]["size_mb"] = round(weights_size_mb(directory), 3)
         results[name]["params"] = parameter_count(model)
 
@@ -211,8 +238,17 @@ def evaluate(
     return results, time_models(models, splits, params, max_length=max_length, seed=seed), predictions
 
 
-def time_models(models: dict, splits: dict[str, pd.DataFrame], params: EvaluateParams, *, max_length: int, seed: int) -> dict:
-    """Latency of every model on the same inputs, one process, interleaved: batch 32 and batch 1."""
+def time_models(models: dict, splits: dict[str, pd.DataFrame], params: EvaluateParams, *, max_length: int, seed: int,
+                device: torch.device | str = "cpu") -> dict:
+    """Latency of every model on the same inputs, one process, interleaved: batch 32 and batch 1.
+
+    device "cpu" (the deployment target every ratio is about): every model, as loaded. On a GPU:
+    a copy of each model that can run there (not int8 or ONNX Runtime ones), inputs on the GPU
+    before the clock starts. Each row names the device it was timed on.
+    """
+    device = torch.device(device)
+    if device.type != "cpu":
+        models = {name: (on_device(m, device), tok, d) for name, (m, tok, d) in models.items() if not cpu_only(m)}
     # The same fixed batches (random test pairs, each padded to its longest) for every model.
     latency_split = splits.get("test", next(iter(splits.values())))
     sample = latency_split.sample(n=min(params.batch_size * params.latency_batches, len(latency_split)), random_state=seed)
@@ -227,9 +263,14 @@ def time_models(models: dict, splits: dict[str, pd.DataFrame], params: EvaluateP
         for name, (_, tok, _) in models.items()
     }
     plain = {n: m for n, (m, _, _) in models.items()}
+    sync = _no_sync
+    if device.type == "cuda":
+        batches = {n: [{k: v.to(device) for k, v in b.items()} for b in bs] for n, bs in batches.items()}
+        pairs = {n: [{k: v.to(device) for k, v in b.items()} for b in bs] for n, bs in pairs.items()}
+        sync = torch.cuda.synchronize
     with deployment_mode():
-        times = time_batches(plain, batches, params.latency_repeats, params.latency_warmup)
-        single = time_single_pairs(plain, pairs, params.latency_repeats, params.latency_warmup)
+        times = time_batches(plain, batches, params.latency_repeats, params.latency_warmup, sync)
+        single = time_single_pairs(plain, pairs, params.latency_repeats, params.latency_warmup, sync)
     pairs_per_batch = len(sample) / len(chunks)
     timings: dict[str, dict] = {}
     for name, samples in times.items():
@@ -247,7 +288,7 @@ def time_models(models: dict, splits: dict[str, pd.DataFrame], params: EvaluateP
 
 
 def report_markdown(results: dict, timings: dict, *, rows: dict[str, int], threads: int, latency_batches: int = 1,
-                    deployed: str | None = None) -> str:
+                    deployed: str | None = None, gpu: dict | None = None) -> str:
     header = ("| model | test accuracy | dev accuracy | test macro-F1 | test perplexity | size MB | params | "
               "latency ms/b32 | pairs/s | b1 p50 ms | b1 p95 ms | Δacc pts (test) | Δacc pts (dev) | size × | speed × b32 | "
               "speed × b1 |")
@@ -275,6 +316,12 @@ def report_markdown(results: dict, timings: dict, *, rows: dict[str, int], threa
             f"{r['dev'].get('accuracy_delta_pts', 0):+.2f} | {r.get('size_ratio', 1):.2f} | {t.get('speedup', 1):.2f} | "
             f"{t.get('speedup_b1_p50', 1):.2f} |"
         )
+    if gpu and gpu.get("models"):
+        lines += ["", f"GPU latency ({gpu.get('device_name', gpu.get('device'))}; not what the targets judge):", "",
+                  "| model | latency ms/b32 | pairs/s | b1 p50 ms | speed × b32 |", "|---|---|---|---|---|"]
+        for name, t in gpu["models"].items():
+            lines.append(f"| {name} | {t['latency_ms_b32']:.2f} | {t['throughput_pairs_per_s']:.0f} | "
+                         f"{t['latency_ms_b1_p50']:.2f} | {t.get('speedup', 1):.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -336,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--timing, --plots and --report are required unless --quality-only")
 
     params = load_params(args.params)
-    run_info = seed_everything(params.seed, params.threads)
+    device = pick_device(params.device)
+    run_info = seed_everything(params.seed, params.threads, device)
     splits = {"dev": read_pairs(args.dev), "test": read_pairs(args.test)}
     models = {}
     for spec in args.model:
@@ -346,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     reference = read_reference(args.reference_metrics, args.reference_predictions, splits) if args.reference_metrics else None
     results, timings, predictions = evaluate(
         models, splits, params.evaluate, max_length=params.model.max_length, seed=params.seed,
-        timing=not args.quality_only, reference=reference,
+        timing=not args.quality_only, reference=reference, device=device,
     )
     rows = {split: len(frame) for split, frame in splits.items()}
     deployed = DEPLOYED_BY_BACKEND[params.quantize.backend]
@@ -360,11 +408,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"evaluate {name}: dev accuracy {r['dev']['accuracy'] * 100:.2f}, "
                   f"test accuracy {r['test']['accuracy'] * 100:.2f}")
         return
-    write_metrics({"models": timings, "threads": run_info["threads"], "device": "cpu",
+    timing_file = {"models": timings, "threads": run_info["threads"], "device": "cpu",
                    "latency_batches": params.evaluate.latency_batches,
-                   "latency_repeats": params.evaluate.latency_repeats}, args.timing)
+                   "latency_repeats": params.evaluate.latency_repeats}
+    gpu = None
+    if device.type == "cuda":
+        # Beside the CPU rows, not instead: the targets and ratios are about CPU deployment.
+        gpu = {**describe(device), "models": time_models(
+            models, splits, params.evaluate, max_length=params.model.max_length, seed=params.seed, device=device)}
+        timing_file["gpu"] = gpu
+    write_metrics(timing_file, args.timing)
     report = report_markdown(results, timings, rows=rows, threads=run_info["threads"],
-                             latency_batches=params.evaluate.latency_batches, deployed=summary.get("deployed"))
+                             latency_batches=params.evaluate.latency_batches, deployed=summary.get("deployed"), gpu=gpu)
     write_json(plot_rows(results, timings), args.plots)
     with atomic_path(args.report) as tmp:
         tmp.write_text(report)

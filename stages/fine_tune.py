@@ -13,15 +13,16 @@ import pandas as pd
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._device import pick_device, resolve_precision
 from stages._io import read_pairs, write_metrics
 from stages._models import load_pretrained_classifier, save_model
 from stages._params import load_params
 from stages._training import TrainConfig, checkpoint_dir_for, train, train_config
 
 
-def fine_tune(model, tokenizer, data: pd.DataFrame, cfg: TrainConfig, *, checkpoint_dir, live_dir=None) -> dict:
+def fine_tune(model, tokenizer, data: pd.DataFrame, cfg: TrainConfig, *, checkpoint_dir, live_dir=None, device=None) -> dict:
     started = time.perf_counter()
-    metrics = train(model, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir)
+    metrics = train(model, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir, device=device)
     metrics["rows_by_source"] = {str(k): int(v) for k, v in data["source"].value_counts().sort_index().items()}
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return metrics
@@ -37,14 +38,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    run_info = seed_everything(params.seed, params.threads)
+    device = pick_device(params.device)
+    run_info = seed_everything(params.seed, params.threads, device)
     data = read_pairs(args.train)
     model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=params.seed)
-    cfg = train_config(params.fine_tune, seed=params.seed, max_length=params.model.max_length)
-    job = {"fine_tune": params.fine_tune.model_dump(), "model": params.model.model_dump(), "seed": params.seed}
+    precision = resolve_precision(params.train.precision, device)
+    cfg = train_config(params.fine_tune, seed=params.seed, max_length=params.model.max_length, precision=precision)
+    job = {"fine_tune": params.fine_tune.model_dump(), "model": params.model.model_dump(), "seed": params.seed,
+           "precision": precision}
     metrics = fine_tune(
         model, tokenizer, data, cfg,
-        checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train]), live_dir=args.live_dir,
+        checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train]), live_dir=args.live_dir, device=device,
     )
     save_model(model, tokenizer, args.out, {"stage": "fine_tune", "parent": params.model.teacher, "params": job})
     write_metrics({**metrics, "run": run_info}, args.metrics)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._device import model_device, pick_device, resolve_precision
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, save_model
 from stages._params import PruneParams, load_params
@@ -37,9 +38,15 @@ def calibration_batches(data: pd.DataFrame, tokenizer, params: PruneParams, *, m
     return batches
 
 
-def prune(model, tokenizer, data: pd.DataFrame, params: PruneParams, *, max_length: int, seed: int, checkpoint_dir, live_dir=None) -> tuple[dict, dict]:
-    """Prune `model` in place and recover; returns (architecture, metrics)."""
+def prune(model, tokenizer, data: pd.DataFrame, params: PruneParams, *, max_length: int, seed: int, checkpoint_dir,
+          live_dir=None, device=None, precision: str = "fp32") -> tuple[dict, dict]:
+    """Prune `model` in place and recover; returns (architecture, metrics).
+
+    `device`: where calibration and recovery run (the model is moved there; None = where it is).
+    """
     started = time.perf_counter()
+    if device is not None:
+        model.to(device)
     params_before = count_parameters(model)
     batches = calibration_batches(data, tokenizer, params, max_length=max_length, seed=seed)
     architecture = prune_structured(
@@ -57,9 +64,10 @@ def prune(model, tokenizer, data: pd.DataFrame, params: PruneParams, *, max_leng
         cfg = TrainConfig(
             epochs=1.0, batch_size=params.batch_size, max_steps=params.recovery_steps,
             learning_rate=params.learning_rate, seed=seed, max_length=max_length,
-            save_steps=max(1, params.recovery_steps // 2),
+            save_steps=max(1, params.recovery_steps // 2), precision=precision,
         )
-        metrics["recovery"] = train(model, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir)
+        metrics["recovery"] = train(model, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
+                                    device=device if device is not None else model_device(model))
     elif live_dir:
         # No recovery run, so no training curve; the dvclive outputs DVC expects still record the cut.
         from dvclive import Live
@@ -81,13 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    run_info = seed_everything(params.seed, params.threads)
+    device = pick_device(params.device)
+    run_info = seed_everything(params.seed, params.threads, device)
     data = read_pairs(args.train)
     model, tokenizer = load_model(args.teacher)
-    job = {"prune": params.prune.model_dump(), "seed": params.seed, "max_length": params.model.max_length}
+    precision = resolve_precision(params.train.precision, device)
+    job = {"prune": params.prune.model_dump(), "seed": params.seed, "max_length": params.model.max_length,
+           "precision": precision}
     architecture, metrics = prune(
         model, tokenizer, data, params.prune, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("prune", job, [args.teacher, args.train]), live_dir=args.live_dir,
+        device=device, precision=precision,
     )
     info = {"stage": "prune", "parent": args.teacher, "architecture": architecture, "params": job}
     save_model(model, tokenizer, args.out, info)
