@@ -131,6 +131,7 @@ def _init(repo: Path, env: dict) -> None:
 
 def run_profile(name: str, root: Path, env: dict, device: str) -> tuple[list[str], dict[str, dict | None], float]:
     """Build the scratch repo for `name` (tiny | gpu), run the pipeline, return (problems, metrics, seconds)."""
+    root.mkdir(parents=True, exist_ok=True)
     if name == "tiny":
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import make_tiny_repo  # the test-suite's tiny repository: tiny BERT, synthetic pairs
