@@ -23,15 +23,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Stage -> where its metrics say the device: "run" (pick_device, every one of them) and, for the
-# training stages, the Trainer's own record of where it trained.
+# Stage -> where its metrics say the device: "run" (pick_device; evaluate spreads "run" into the top
+# level of evaluate.json) and, for the training stages, the Trainer's own record of where it trained.
 DEVICE_RECORDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "active_select": (("run", "device"), ("acquisition", "device")),
     "fine_tune": (("run", "device"), ("device",)),
     "prune": (("run", "device"), ("recovery", "device")),
     "distill": (("run", "device"), ("device",)),
-    "evaluate_teacher": (("run", "device"),),
-    "evaluate": (("run", "device"),),
+    "evaluate_teacher": (("device",),),
+    "evaluate": (("device",),),
 }
 
 # The gpu profile shrunk to ~5 minutes on one H100 (mpnet-base teacher, the offline MNLI files):
