@@ -130,9 +130,25 @@ def set_args(variant: Variant, params: dict, profile: str | None = None) -> list
     return args
 
 
-def queue_command(variant: Variant, params: dict, profile: str | None = None, target: str | None = None) -> list[str]:
-    """The `dvc exp run --queue` command; `target`: reproduce only up to this stage."""
-    cmd = ["dvc", "exp", "run", "--queue", "-n", variant.exp_name, *set_args(variant, params, profile)]
+def data_dir_args(params: dict, repo: str | Path | None) -> list[str]:
+    """`-S data.local_dir=<absolute>` when params.yaml gives it relative to the repository.
+
+    A queued experiment runs in a copy of the repository under .dvc/tmp/exps/, so a relative
+    `../shared/data/mnli` would point inside .dvc/tmp there, and every run that reruns `prepare`
+    (each new seed does) would fail on a missing directory. The absolute path names the same data.
+    """
+    local_dir = (params.get("data") or {}).get("local_dir")
+    if repo is None or not local_dir or Path(local_dir).is_absolute():
+        return []
+    return ["-S", f"data.local_dir={(Path(repo).resolve() / local_dir).resolve()}"]
+
+
+def queue_command(variant: Variant, params: dict, profile: str | None = None, target: str | None = None,
+                  repo: str | Path | None = None) -> list[str]:
+    """The `dvc exp run --queue` command; `target`: reproduce only up to this stage. `repo`: the
+    repository the relative paths in params.yaml are relative to (see data_dir_args)."""
+    cmd = ["dvc", "exp", "run", "--queue", "-n", variant.exp_name, *set_args(variant, params, profile),
+           *data_dir_args(params, repo)]
     return cmd + [target] if target else cmd
 
 
@@ -256,7 +272,7 @@ def queue(
             dvc(["queue", "remove", variant.exp_name], repo, check=False)
         todo.append(variant)
     for variant in todo:
-        cmd = queue_command(variant, params, profile, target_for(variant, stages, full))
+        cmd = queue_command(variant, params, profile, target_for(variant, stages, full), repo=repo)
         result = dvc(cmd[1:], repo, check=False)
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip()[-2000:]

@@ -86,6 +86,17 @@ def _bert_self_attention_forward(self, hidden_states, attention_mask=None, *args
 
 
 @contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """While exporting: eager attention (the SDPA graph is not one ONNX Runtime's fusion recognises)."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+
+
+@contextlib.contextmanager
 def _explicit_head_counts(model: nn.Module) -> Iterator[None]:
     """While exporting: eager attention, and BERT self-attention with the head count in the graph."""
     from transformers.models.bert.modeling_bert import BertSelfAttention
@@ -95,12 +106,10 @@ def _explicit_head_counts(model: nn.Module) -> Iterator[None]:
         if module.is_decoder:
             raise ValueError("ONNX export handles encoder-only BERT classifiers, not decoders")
         module.forward = _bert_self_attention_forward.__get__(module)
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
     try:
-        yield
+        with eager_attention(model):
+            yield
     finally:
-        model.config._attn_implementation = previous
         for module in patched:
             del module.forward  # the instance attribute; the class's forward shows again
 

@@ -640,3 +640,17 @@ def test_grid_runs_two_rows_at_two_seeds_in_a_tiny_repo_then_reruns_cheaply(tmp_
         stages["restored"]
     )
     assert not {"prepare", "active_select"} & set(stages["ran"])
+
+
+def test_a_relative_data_dir_is_made_absolute_for_queued_runs(tmp_path):
+    # Queued experiments run in a copy under .dvc/tmp/exps/: `../shared/...` would point inside it.
+    repo = tmp_path / "work" / "repo"
+    repo.mkdir(parents=True)
+    params = {"seed": 42, "data": {"local_dir": "../shared/data/mnli"}, "active_select": {}}
+    active = next(v for v in _tiny_grid() if v.name == "active").at_seed(43)
+    cmd = grid.queue_command(active, params, repo=repo)
+    assert cmd[cmd.index(f"data.local_dir={tmp_path / 'work' / 'shared' / 'data' / 'mnli'}") - 1] == "-S"
+    # Absolute, null (the hub) or no repo given: nothing added.
+    for data in ({"local_dir": "/data/mnli"}, {"local_dir": None}):
+        assert not any("data.local_dir" in a for a in grid.queue_command(active, {**params, "data": data}, repo=repo))
+    assert not any("data.local_dir" in a for a in grid.queue_command(active, params))

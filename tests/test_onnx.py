@@ -119,26 +119,11 @@ def test_fp32_onnx_matches_pytorch_at_any_batch_and_length(model_dirs, tmp_path,
 def test_without_explicit_head_counts_attention_does_not_fuse(model_dirs, tmp_path, monkeypatch):
     """The reason `_explicit_head_counts` exists: the stock graph (reshape to -1 heads) does not
     fuse with num_heads=0. If ONNX Runtime learns to fuse it, the patch can go."""
-    monkeypatch.setattr(_onnx, "_explicit_head_counts", _eager_only)
+    monkeypatch.setattr(_onnx, "_explicit_head_counts", _onnx.eager_attention)
     model, tok = load_model(model_dirs["pruned"])
     _onnx.export_onnx(model, tok, tmp_path / "stock", info={}, max_length=MAX_LENGTH)
     fused = _onnx.optimize_onnx(tmp_path / "stock", tmp_path / "opt")["fused"]
     assert fused.get("Attention", 0) == 0
-
-
-def _eager_only(model):
-    import contextlib
-
-    @contextlib.contextmanager
-    def manager():
-        previous = model.config._attn_implementation
-        model.config._attn_implementation = "eager"
-        try:
-            yield
-        finally:
-            model.config._attn_implementation = previous
-
-    return manager()
 
 
 @pytest.mark.parametrize("kind", ["plain", "student"])
