@@ -99,6 +99,9 @@ class TrainingParams(_Section):
     # auto: bf16 on a CUDA GPU that has it, fp16 on an older GPU, fp32 on the CPU for now
     # (stages._device.resolve_precision says why).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # fine_tune and distill train data-parallel on this many processes (DDP under torchrun; one
+    # GPU each on CUDA, gloo on the CPU), with the same global batch (stages._distributed).
+    processes: int = Field(default=1, ge=1)
 
 
 class FineTuneParams(TrainParams):

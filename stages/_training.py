@@ -308,13 +308,15 @@ def train(
     job resumes. It is deleted after success.
     """
     from stages._device import pick_device
+    from stages._distributed import is_main_process, per_process_batch, world_size
 
     device = torch.device(device) if device is not None else pick_device()
     checkpoint_dir = Path(checkpoint_dir)
-    last = last_complete_checkpoint(checkpoint_dir)
+    processes = world_size()
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=cfg.batch_size,
+        # DDP (stages._distributed): the global batch stays cfg.batch_size, split over the workers.
+        per_device_train_batch_size=per_process_batch(cfg.batch_size, processes),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
@@ -332,9 +334,15 @@ def train(
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
         use_cpu=device.type == "cpu",
+        ddp_backend=("gloo" if device.type == "cpu" else "nccl") if processes > 1 else None,
         **precision_flags(cfg.precision),
     )
-    callbacks = list(callbacks or []) + ([DvcLiveCallback(live_dir, resume=last is not None)] if live_dir else [])
+    # Under DDP the main worker scans (and cleans) the checkpoints first, then the others read them.
+    with args.main_process_first(desc="checkpoint scan", local=False):
+        last = last_complete_checkpoint(checkpoint_dir)
+    main = is_main_process()
+    live = [DvcLiveCallback(live_dir, resume=last is not None)] if live_dir and main else []
+    callbacks = list(callbacks or []) + live
     trainer = SecTrainer(
         model=model,
         args=args,
@@ -349,7 +357,10 @@ def train(
         layer_pairs=layer_pairs,
     )
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if processes > 1:
+        args.distributed_state.wait_for_everyone()  # no worker still reads a checkpoint
+    if main:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {
         "train_loss": float(result.training_loss),
         "train_steps": int(result.global_step),
@@ -358,6 +369,7 @@ def train(
         "resumed_from": Path(last).name if last else None,
         "device": args.device.type,  # where the Trainer actually trained
         "precision": cfg.precision,
+        "processes": processes,
     }
 
 

@@ -12,6 +12,7 @@ rows the transfer set's text uses (stages._student), the biggest saving on a sma
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import pandas as pd
@@ -19,6 +20,7 @@ import torch
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._distributed import bind_worker_device, is_main_process, relaunch, threads_per_process
 from stages._device import model_device, pick_device, resolve_precision
 from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
@@ -98,8 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    device = pick_device(params.device)
-    run_info = seed_everything(params.seed, params.threads, device)
+    processes = params.train.processes
+    code = relaunch("stages.distill", sys.argv[1:] if argv is None else argv, processes)
+    if code is not None:  # the workers ran the stage; this process only launched them
+        sys.exit(code)
+    device = bind_worker_device(pick_device(params.device))
+    threads = threads_per_process(params.threads, processes) if device.type == "cpu" else params.threads
+    run_info = {**seed_everything(params.seed, threads, device), "processes": processes}
     precision = resolve_precision(params.train.precision, device)
     p = params.distill
     teacher, tokenizer = load_model(args.teacher)
@@ -112,13 +119,16 @@ def main(argv: list[str] | None = None) -> None:
                          "soft labels are computed per pair, so pick a student with the teacher's tokenizer")
     unlabelled = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
     data = transfer_set(read_pairs(args.train), unlabelled, p.transfer_size, params.seed)
-    job = {"distill": p.model_dump(), "seed": params.seed, "max_length": params.model.max_length, "precision": precision}
+    job = {"distill": p.model_dump(), "seed": params.seed, "max_length": params.model.max_length, "precision": precision,
+           "processes": processes}
     inputs = [args.teacher, args.train, args.unlabelled] + ([args.pruned] if p.student == "pruned" else [])
     student, student_tokenizer, metrics = distill(
         student, tokenizer, teacher, data, p, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("distill", job, inputs), live_dir=args.live_dir,
         device=device, precision=precision,
     )
+    if not is_main_process():
+        return  # rank 0 writes the model and the metrics
     # Saved with the shape it now has (layers, heads, FFN widths; vocabulary in config.json).
     info = {
         "stage": "distill", "parent": args.pruned if p.student == "pruned" else p.student, "teacher": args.teacher,

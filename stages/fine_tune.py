@@ -7,12 +7,14 @@ before a stage runs): a killed run resumes from its last checkpoint when the sta
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import pandas as pd
 
 from stages._cli import run
 from stages._determinism import seed_everything
+from stages._distributed import bind_worker_device, is_main_process, relaunch, threads_per_process
 from stages._device import pick_device, resolve_precision
 from stages._io import read_pairs, write_metrics
 from stages._models import load_pretrained_classifier, save_model
@@ -38,18 +40,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    device = pick_device(params.device)
-    run_info = seed_everything(params.seed, params.threads, device)
+    processes = params.train.processes
+    code = relaunch("stages.fine_tune", sys.argv[1:] if argv is None else argv, processes)
+    if code is not None:  # the workers ran the stage; this process only launched them
+        sys.exit(code)
+    device = bind_worker_device(pick_device(params.device))
+    threads = threads_per_process(params.threads, processes) if device.type == "cpu" else params.threads
+    run_info = {**seed_everything(params.seed, threads, device), "processes": processes}
     data = read_pairs(args.train)
     model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=params.seed)
     precision = resolve_precision(params.train.precision, device)
     cfg = train_config(params.fine_tune, seed=params.seed, max_length=params.model.max_length, precision=precision)
     job = {"fine_tune": params.fine_tune.model_dump(), "model": params.model.model_dump(), "seed": params.seed,
-           "precision": precision}
+           "precision": precision, "processes": processes}
     metrics = fine_tune(
         model, tokenizer, data, cfg,
         checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train]), live_dir=args.live_dir, device=device,
     )
+    if not is_main_process():
+        return  # rank 0 writes the model and the metrics
     save_model(model, tokenizer, args.out, {"stage": "fine_tune", "parent": params.model.teacher, "params": job})
     write_metrics({**metrics, "run": run_info}, args.metrics)
     print(f"fine_tune: {metrics['train_steps']} steps on {len(data)} rows in {metrics['seconds']} s")
