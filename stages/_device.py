@@ -56,10 +56,10 @@ def resolve_precision(setting: str, device: torch.device | str, *, bf16_supporte
     """fp32 | bf16 | fp16 from a train.precision setting and the device it trains on.
 
     auto: bf16 on a CUDA GPU that supports it (Ampere and later), else fp16 on an older GPU.
-    On the CPU, auto means fp32 for now: bf16 autocast on this machine's avx512_bf16 CPU measured
-    1.33x faster per MiniLM step (issue 10), but its accuracy effect is not measured yet, and the
-    brief is to keep auto's choice on a CPU only where it is measured to pay (scripts/
-    bench_precision.py, on a quiet machine). bf16 can still be asked for explicitly on a CPU.
+    On the CPU, auto means fp32: bf16 autocast measured 0.72x the fp32 step rate (slower) for a
+    MiniLM step on this machine's avx512_bf16 CPU without AMX (scripts/bench_precision.py, README),
+    and the brief is to keep auto's choice on a CPU only where it pays. bf16 can still be asked
+    for explicitly on a CPU.
     fp16 needs a GPU (no loss-scaling fp16 path on the CPU).
     """
     if setting not in PRECISIONS:

@@ -3,7 +3,7 @@
 `params.yaml` has `profile: cpu|gpu|tiny`. Every key a stage reads is present in params.yaml so that
 `dvc exp run -S section.key=value` can set it; a key left `null` takes the value below for the
 selected profile. Sizes live here because they are what a profile is about: the CPU profile is sized
-to finish in about 45 minutes on a 2-core machine (a third of it distillation), the GPU profile runs the big teacher on all data,
+to finish in at most 30 minutes on a 2-core machine, set-up included (a third of it distillation), the GPU profile runs the big teacher on all data,
 and the tiny profile is for the test-suite (a tiny model made from a config, a few dozen rows).
 
 Every stage lists this module as a DVC dependency, so editing a preset reruns what it affects.
@@ -31,7 +31,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         # 58.82, 1.5 passes at 2e-4 58.67: the 3-layer student is step-bound on this budget.
         "distill": {"epochs": 3.0, "batch_size": 16, "max_steps": -1, "transfer_size": 0, "learning_rate": 2e-4,
                     "layers": 3, "hidden_weight": 1.0},
-        "evaluate": {"latency_repeats": 10},
+        # evaluate times each model over 5 repeats here (scripts/benchmark.py is the measurement of
+        # record: 5 rounds of its own); 10 cost a minute of the 30-minute budget.
+        "evaluate": {"latency_repeats": 5},
     },
     "gpu": {
         # seed/pool sizes of 0 mean "everything the split has" (393k pairs online; the 9.8k
