@@ -265,7 +265,8 @@ def quantize_onnx(src_dir, out_dir, *, per_channel: bool, reduce_range: bool, em
     int8 (QInt8, symmetric) and activations are quantized to uint8 per batch at run time, so the
     matrix products are U8S8 (dynamic quantization supports only uint8 activations, so ORT's "S8S8"
     format does not apply here). MatMul -> DynamicQuantizeLinear + MatMulInteger, fused Attention
-    -> QAttention. Gemm (pooler, classifier) has no dynamic int8 kernel and stays fp32. On x86
+    -> QAttention. Gemm (pooler, classifier) is rewritten to MatMul + Add and quantized the same way
+    (the cpu student's int8 graph runs 11 MatMulInteger: 3 layers x 3, pooler, classifier). On x86
     without VNNI, the AVX2/AVX512 U8S8 kernel (VPMADDUBSW) adds pairs of products into int16 and
     can saturate; the docs' remedies are 7-bit weights (`reduce_range`) or U8U8. With VNNI
     (VPDPBUSD, 32-bit accumulation) there is no saturation and full 8-bit weights are right.
