@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pipeline.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,14 +105,7 @@ def scratch_repo(root: Path, params: dict) -> Path:
     """A git + DVC repository with this project's pipeline and `params` merged into params.yaml."""
     import yaml
 
-    repo = root / "repo"
-    repo.mkdir(parents=True)
-    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml", "prefect.yaml"):
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / item)
+    repo = copy_project(root / "repo")
     merged = yaml.safe_load((repo / "params.yaml").read_text())
     for key, value in params.items():
         node = merged

@@ -62,6 +62,21 @@ def summarise_rounds(rounds: list[dict]) -> dict[str, dict]:
     return {name: {k: spread([r[name][k] for r in rounds]) for k in keys} for name in rounds[0]}
 
 
+def time_rounds(models: dict, splits: dict, timing_params: EvaluateParams, *, rounds: int, max_length: int,
+                seed: int) -> list[dict]:
+    """`rounds` separate time_models rounds (raw, for summarise_rounds or per-round ratios).
+
+    Each round prints its candidates' speed-ups over the reference (batch 32 / batch-1 p50) as it
+    ends, so a long benchmark shows progress and a round that went wrong stands out.
+    """
+    timed = []
+    for r in range(rounds):
+        timed.append(time_models(models, splits, timing_params, max_length=max_length, seed=seed))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{n} {t['speedup']:.2f}x/{t['speedup_b1_p50']:.2f}x" for n, t in timed[-1].items() if n != REFERENCE), flush=True)
+    return timed
+
+
 def verdicts(candidate: dict, targets: Targets) -> list[tuple[str, str, bool | None]]:
     """(measure, measured vs target, met) for the accuracy target, then the three ratios.
 
@@ -146,12 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     split = Path(args.data).stem
     timing_params = EvaluateParams(latency_repeats=args.repeats, latency_batches=args.batches, latency_single_pairs=args.single_pairs)
     results, _, _ = evaluate(models, {split: data}, timing_params, max_length=args.max_length, seed=args.seed, timing=False)
-    rounds = []
-    for r in range(args.rounds):
-        rounds.append(time_models(models, {split: data}, timing_params, max_length=args.max_length, seed=args.seed))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{n} {t['speedup']:.2f}x/{t['speedup_b1_p50']:.2f}x" for n, t in rounds[-1].items() if n != REFERENCE), flush=True)
-    timed = summarise_rounds(rounds)
+    timed = summarise_rounds(time_rounds(models, {split: data}, timing_params, rounds=args.rounds,
+                                         max_length=args.max_length, seed=args.seed))
 
     print(f"{len(data)} pairs from {args.data}; {args.rounds} rounds, each: batch 32 = mean over {args.batches} fixed batches, "
           f"median of {args.repeats} repeats; batch 1 = p50/p95 over {args.single_pairs} single pairs"

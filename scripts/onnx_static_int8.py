@@ -53,14 +53,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark import backend_of, cpu_model, spread, summarise_rounds  # noqa: E402
+from benchmark import backend_of, cpu_model, spread, summarise_rounds, time_rounds  # noqa: E402
 
 from pipeline.stats import mcnemar_exact, paired_bootstrap, verdict  # noqa: E402
 from stages import _onnx  # noqa: E402
 from stages._io import atomic_path, read_pairs  # noqa: E402
 from stages._models import load_model  # noqa: E402
 from stages._params import EvaluateParams  # noqa: E402
-from stages.evaluate import REFERENCE, evaluate, read_reference, time_models  # noqa: E402
+from stages.evaluate import REFERENCE, evaluate, read_reference  # noqa: E402
 from stages.onnx_runtime import OnnxClassifier  # noqa: E402
 
 # Format and data types. ORT's quantization doc (https://onnxruntime.ai/docs/performance/
@@ -449,11 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                                            timing=False, reference=reference)
         preds = {name: predictions[f"{name}-dev"]["pred"].to_numpy() for name in models}
         gold = predictions[f"{REFERENCE}-dev"]["label"].to_numpy()
-        rounds = []
-        for r in range(args.rounds):
-            rounds.append(time_models(models, splits, timing_params, max_length=max_length, seed=seed))
-            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{n} {t['speedup']:.2f}x/{t['speedup_b1_p50']:.2f}x" for n, t in rounds[-1].items() if n != REFERENCE), flush=True)
+        rounds = time_rounds(models, splits, timing_params, rounds=args.rounds, max_length=max_length, seed=seed)
         timed = summarise_rounds(rounds)
 
         print(f"{len(dev)} dev pairs from {args.dev} (teacher quality {'reused from ' + args.teacher_metrics if reference else 'scored here'}); "

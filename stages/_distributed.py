@@ -103,3 +103,22 @@ def bind_worker_device(device):
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return device
+
+
+def start_training_stage(module: str, argv: Sequence[str] | None, params) -> tuple[object, int, dict]:
+    """The start of fine_tune's and distill's main(): relaunch under torchrun when
+    `train.processes` > 1 (this process then exits with the workers' code), else bind this
+    worker's device, share the CPU threads out and seed everything.
+
+    Returns (device, processes, run_info); run_info goes into the stage's metrics as "run".
+    """
+    from stages._determinism import seed_everything
+    from stages._device import pick_device
+
+    processes = params.train.processes
+    code = relaunch(module, sys.argv[1:] if argv is None else argv, processes)
+    if code is not None:  # the workers ran the stage; this process only launched them
+        sys.exit(code)
+    device = bind_worker_device(pick_device(params.device))
+    threads = threads_per_process(params.threads, processes) if device.type == "cpu" else params.threads
+    return device, processes, {**seed_everything(params.seed, threads, device), "processes": processes}

@@ -134,6 +134,12 @@ class DistillParams(TrainParams):
     # Weight of the hidden-state KD term: MSE between each student layer and the teacher layer it
     # maps to (TinyBERT-style uniform mapping); 0 = logits only.
     hidden_weight: float = Field(ge=0)
+    # Weight of intermediate-layer attention transfer: KL between the teacher's and the student's
+    # self-attention relations (query-query, key-key, value-value; MiniLMv2) at the same layer
+    # pairs as the hidden states, split into `attention_heads` relation heads, which must divide
+    # both models' attention widths (pruning narrows the student's). 0 = off.
+    attention_weight: float = Field(default=0.0, ge=0)
+    attention_heads: int = Field(default=8, ge=1)
     # Keep only the vocabulary rows the training text uses (plus every single character, so any
     # word still splits into known pieces): the embedding table is most of a small BERT's size.
     trim_vocab: bool = False

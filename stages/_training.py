@@ -5,7 +5,8 @@ resume-after-kill and progress bars the same way:
   loss = (1 - alpha) * weighted CE(gold labels)            rows with label -1 carry no CE
        +      alpha  * T^2 * KL(softmax(t/T) || softmax(s/T))   only when teacher logits are given
        + hidden_weight * mean MSE(student hidden state j, teacher hidden state map[j])
-The hidden-state term needs the teacher itself (run alongside the student, no gradients); logits
+       + attention_weight * mean KL(teacher || student self-attention relations)  (stages._attention_kd)
+The hidden-state and attention terms need the teacher itself (run alongside the student, no gradients); logits
 alone can be precomputed once instead.
 Per-row `weight` is an absolute scale on that row's CE: the weighted CE is divided by the number of
 labelled rows in the batch, not by the sum of their weights, so a weight-0.5 row (augmented,
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from stages._attention_kd import capture_projections, relation_loss, unwrap
 
 _PADDED = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -174,6 +177,8 @@ class SecTrainer(Trainer):
         teacher=None,
         hidden_weight: float = 0.0,
         layer_pairs: list[tuple[int, int]] | None = None,
+        attention_weight: float = 0.0,
+        attention_heads: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -183,11 +188,14 @@ class SecTrainer(Trainer):
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.hidden_weight = hidden_weight
         self.layer_pairs = layer_pairs or []
+        self.attention_weight = attention_weight
+        self.attention_heads = attention_heads
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = step_loss(
             model, inputs, alpha=self.alpha, temperature=self.temperature, sparsity_weight=self.sparsity_weight,
             teacher=self.teacher, hidden_weight=self.hidden_weight, layer_pairs=self.layer_pairs,
+            attention_weight=self.attention_weight, attention_heads=self.attention_heads,
             # accelerate autocasts the student's forward only; the teacher gets the same precision.
             autocast=self.accelerator.autocast,
         )
@@ -204,6 +212,8 @@ def step_loss(
     teacher=None,
     hidden_weight: float = 0.0,
     layer_pairs: list[tuple[int, int]] | None = None,
+    attention_weight: float = 0.0,
+    attention_heads: int = 0,
     autocast=contextlib.nullcontext,
 ) -> tuple[torch.Tensor, object]:
     """One batch's training loss, and the student's outputs. `inputs` is the collated batch on
@@ -217,19 +227,28 @@ def step_loss(
     weight = inputs.pop("weight")
     teacher_logits = inputs.pop("teacher_logits", None)
     hidden = teacher is not None and hidden_weight > 0
-    outputs = model(**inputs, output_hidden_states=hidden)
+    attention = teacher is not None and attention_weight > 0
+    # Attention transfer pairs encoder layers: hidden-state index i + 1 is layer i's output.
+    attention_pairs = [(s - 1, t - 1) for s, t in (layer_pairs or []) if s > 0] if attention else []
+    student_layers = [s for s, _ in attention_pairs]
+    with capture_projections(unwrap(model), student_layers) as student_qkv:
+        outputs = model(**inputs, output_hidden_states=hidden)
     if teacher is not None:
         from stages._device import model_device
 
         if model_device(teacher) != outputs.logits.device:
             teacher.to(outputs.logits.device)
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(), capture_projections(teacher, [t for _, t in attention_pairs]) as teacher_qkv:
             teacher_out = teacher(**inputs, output_hidden_states=hidden)
         teacher_logits = teacher_out.logits
     loss = sec_loss(outputs.logits, labels, weight, teacher_logits, alpha, temperature)
     if hidden:
         loss = loss + hidden_weight * hidden_state_loss(
             outputs.hidden_states, teacher_out.hidden_states, layer_pairs or [], inputs["attention_mask"]
+        )
+    if attention:
+        loss = loss + attention_weight * relation_loss(
+            student_qkv, teacher_qkv, attention_pairs, inputs["attention_mask"], attention_heads
         )
     if sparsity_weight > 0:
         from stages._pruning import group_norms
@@ -294,6 +313,8 @@ def train(
     teacher=None,
     hidden_weight: float = 0.0,
     layer_pairs: list[tuple[int, int]] | None = None,
+    attention_weight: float = 0.0,
+    attention_heads: int = 0,
     callbacks: list[TrainerCallback] | None = None,
     device: torch.device | str | None = None,
 ) -> dict:
@@ -355,6 +376,8 @@ def train(
         teacher=teacher,
         hidden_weight=hidden_weight,
         layer_pairs=layer_pairs,
+        attention_weight=attention_weight,
+        attention_heads=attention_heads,
     )
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     if processes > 1:

@@ -1,7 +1,8 @@
 """distill: a smaller student learns from the teacher's soft labels, hidden states and gold labels.
 
 loss = (1 - alpha) * CE(gold) + alpha * T^2 * KL(teacher_T || student_T)
-       + hidden_weight * MSE(student layer j, the teacher layer it was initialised from).
+       + hidden_weight * MSE(student layer j, the teacher layer it was initialised from)
+       + attention_weight * KL(teacher || student self-attention relations at those layers).
 The transfer set is the labelled training data plus unlabelled pool pairs (KD terms only: the
 teacher labels them for free). The student is the pruned teacher (`student: pruned`) or any
 pretrained model from the registry, cut to `layers` evenly spaced encoder layers (initialised from
@@ -12,16 +13,15 @@ rows the transfer set's text uses (stages._student), the biggest saving on a sma
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import pandas as pd
 import torch
 
+from stages._attention_kd import check_relation_heads
 from stages._cli import run
-from stages._determinism import seed_everything
-from stages._distributed import bind_worker_device, is_main_process, relaunch, threads_per_process
-from stages._device import model_device, pick_device, resolve_precision
+from stages._device import model_device, resolve_precision
+from stages._distributed import is_main_process, start_training_stage
 from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, load_pretrained_classifier, save_model
@@ -58,13 +58,18 @@ def distill(
     keep_layers(student, kept)
     cfg = train_config(params, seed=seed, max_length=max_length, alpha=params.alpha, temperature=params.temperature,
                        precision=precision)
-    if params.hidden_weight > 0:
-        # Hidden states are too big to precompute: the teacher runs beside the student.
-        if teacher.config.hidden_size != student.config.hidden_size:
+    if params.hidden_weight > 0 or params.attention_weight > 0:
+        # Hidden states and attention relations are too big to precompute: the teacher runs
+        # beside the student.
+        if params.hidden_weight > 0 and teacher.config.hidden_size != student.config.hidden_size:
             raise ValueError("distill.hidden_weight needs a student with the teacher's hidden size")
+        pairs = layer_map(kept)
+        if params.attention_weight > 0:
+            check_relation_heads(student, teacher, [(s - 1, t - 1) for s, t in pairs if s > 0], params.attention_heads)
         metrics = train(
             student, tokenizer, data, cfg, checkpoint_dir=checkpoint_dir, live_dir=live_dir,
-            teacher=teacher, hidden_weight=params.hidden_weight, layer_pairs=layer_map(kept), device=device,
+            teacher=teacher, hidden_weight=params.hidden_weight, layer_pairs=pairs, device=device,
+            attention_weight=params.attention_weight, attention_heads=params.attention_heads,
         )
     else:
         teacher_logits = predict_logits(
@@ -81,6 +86,7 @@ def distill(
         vocab_after=student.config.vocab_size,
         params_before=params_start, params_after=count_parameters(student),
         alpha=params.alpha, temperature=params.temperature, hidden_weight=params.hidden_weight,
+        attention_weight=params.attention_weight,
         transfer_rows=int((data["label"] < 0).sum()), labelled_rows=int((data["label"] >= 0).sum()),
         seconds=round(time.perf_counter() - started, 1),
     )
@@ -100,13 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    processes = params.train.processes
-    code = relaunch("stages.distill", sys.argv[1:] if argv is None else argv, processes)
-    if code is not None:  # the workers ran the stage; this process only launched them
-        sys.exit(code)
-    device = bind_worker_device(pick_device(params.device))
-    threads = threads_per_process(params.threads, processes) if device.type == "cpu" else params.threads
-    run_info = {**seed_everything(params.seed, threads, device), "processes": processes}
+    device, processes, run_info = start_training_stage("stages.distill", argv, params)
     precision = resolve_precision(params.train.precision, device)
     p = params.distill
     teacher, tokenizer = load_model(args.teacher)

@@ -7,15 +7,13 @@ before a stage runs): a killed run resumes from its last checkpoint when the sta
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import pandas as pd
 
 from stages._cli import run
-from stages._determinism import seed_everything
-from stages._distributed import bind_worker_device, is_main_process, relaunch, threads_per_process
-from stages._device import pick_device, resolve_precision
+from stages._device import resolve_precision
+from stages._distributed import is_main_process, start_training_stage
 from stages._io import read_pairs, write_metrics
 from stages._models import load_pretrained_classifier, save_model
 from stages._params import load_params
@@ -40,13 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    processes = params.train.processes
-    code = relaunch("stages.fine_tune", sys.argv[1:] if argv is None else argv, processes)
-    if code is not None:  # the workers ran the stage; this process only launched them
-        sys.exit(code)
-    device = bind_worker_device(pick_device(params.device))
-    threads = threads_per_process(params.threads, processes) if device.type == "cpu" else params.threads
-    run_info = {**seed_everything(params.seed, threads, device), "processes": processes}
+    device, processes, run_info = start_training_stage("stages.fine_tune", argv, params)
     data = read_pairs(args.train)
     model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=params.seed)
     precision = resolve_precision(params.train.precision, device)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from pipeline.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,14 +108,7 @@ def make_tiny_repo(root: Path, shared: Path | None = None) -> Path:
     repo; params.yaml names them by absolute path, which DVC's queued experiments (run from a
     temporary copy of the repo) also resolve. Repos made with one `shared` have identical params.
     """
-    repo = root / "repo"
-    repo.mkdir()
-    for item in ("stages", "pipeline", "dvc.yaml", "params.yaml", "prefect.yaml"):
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / item)
+    repo = copy_project(root / "repo")
     home = shared or root
     data = home / "mnli"
     if not (data / "train.parquet").is_file():
