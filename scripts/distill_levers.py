@@ -3,6 +3,9 @@
     python scripts/distill_levers.py                                  # the distill params as they are
     python scripts/distill_levers.py --set epochs=3.0                 # one lever
     python scripts/distill_levers.py --student models/teacher         # start from the unpruned teacher
+    python scripts/distill_levers.py --augment-pool 1.0 --set max_steps=1920 --predictions-out /tmp/lever
+        # transfer set + augmented and back-translated copies of the unlabelled pool, equal steps;
+        # then: sec compare predictions/evaluate /tmp/lever --model quantized --split dev
 
 Runs the distill stage's core function with `--set` overrides on models/teacher (and the pruned
 model, or `--student`), the committed training and unlabelled data, then quantizes the student with
@@ -24,21 +27,43 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd  # noqa: E402
+
 from stages._determinism import seed_everything  # noqa: E402
-from stages._inference import predict_logits  # noqa: E402
 from stages._io import read_pairs  # noqa: E402
 from stages._models import load_model  # noqa: E402
 from stages._params import load_params  # noqa: E402
+from stages.augment import augment  # noqa: E402
+from stages.back_translate import back_translate  # noqa: E402
 from stages.distill import distill, transfer_set  # noqa: E402
-from stages.evaluate import quality  # noqa: E402
+from stages.evaluate import score_split, write_predictions  # noqa: E402
 from stages.quantize import quantize  # noqa: E402
 
 
-def accuracy_pct(model, tokenizer, dev, max_length: int) -> float:
-    logits = predict_logits(
-        model, tokenizer, dev["premise"].tolist(), dev["hypothesis"].tolist(), batch_size=32, max_length=max_length
+def augmented_pool(
+    unlabelled: pd.DataFrame, params, fraction: float, seed: int, translator=None
+) -> tuple[pd.DataFrame, dict]:
+    """The unlabelled pool plus augmented (augment's ops) and back-translated copies of `fraction`
+    of it, every row label -1 (soft labels only: distillation needs no gold label).
+
+    augment and back_translate draw their rows from labelled originals, so the pool goes in with a
+    placeholder label 0 that no rewrite reads and that is dropped again here. `translator`: as
+    back_translate takes it (default Apertium through back_translate.pivot).
+    """
+    pool = unlabelled.assign(label=0, source="gold")
+    augmented, a = augment(pool, params.augment.model_copy(update={"fraction": fraction, "class_fraction": None}), seed)
+    translated, b = back_translate(
+        pool, params.back_translate.model_copy(update={"fraction": fraction, "class_fraction": None}), seed, translator
     )
-    return round(quality(logits, dev["label"].to_numpy())["accuracy"] * 100, 2)
+    extra = pd.concat([augmented.iloc[len(pool):], translated.iloc[len(pool):]], ignore_index=True).assign(label=-1)
+    counts = {"augment": a["n_output"] - a["n_input"], "back_translate": b["n_output"] - b["n_input"]}
+    return pd.concat([unlabelled, extra[unlabelled.columns]], ignore_index=True), counts
+
+
+def score_dev(model, tokenizer, dev, batch_size: int, max_length: int, name: str) -> tuple[float, pd.DataFrame]:
+    # evaluate's batch size: the same padding as the pipeline's own dev predictions, to pair with.
+    metrics, predictions = score_split(model, tokenizer, dev, batch_size=batch_size, max_length=max_length, desc=name)
+    return round(metrics["accuracy"] * 100, 2), predictions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", default="data/prepared/dev.parquet", help="the dev split (never the test split)")
     parser.add_argument("--teacher-metrics", default="metrics/evaluate_teacher.json")
     parser.add_argument("--work-dir", default=None, help="checkpoints (default: a temporary directory)")
+    parser.add_argument("--augment-pool", type=float, default=0.0, metavar="FRACTION",
+                        help="add augmented and back-translated copies of this share of the unlabelled pool (KD only)")
+    parser.add_argument("--predictions-out", default=None,
+                        help="write distilled-dev.parquet and quantized-dev.parquet here, for `sec compare`")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -69,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p = type(params.distill).model_validate({**params.distill.model_dump(), **updates})
     teacher, tokenizer = load_model(args.teacher)
     student, _ = load_model(args.student)
-    data = transfer_set(
-        read_pairs(args.train), read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True), p.transfer_size, params.seed
-    )
+    unlabelled = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
+    pool_copies = {}
+    if args.augment_pool > 0:
+        unlabelled, pool_copies = augmented_pool(unlabelled, params, args.augment_pool, params.seed)
+    data = transfer_set(read_pairs(args.train), unlabelled, p.transfer_size, params.seed)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         student, student_tok, metrics = distill(
             student, tokenizer, teacher, data, p, max_length=params.model.max_length, seed=params.seed,
@@ -80,12 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     quantized, _ = quantize(student, params.quantize)
     dev = read_pairs(args.dev)
     teacher_acc = json.loads(Path(args.teacher_metrics).read_text())["models"]["teacher"]["dev"]["accuracy"] * 100
+    distilled_acc, distilled_preds = score_dev(student, student_tok, dev, params.evaluate.batch_size, params.model.max_length, "distilled")
+    quantized_acc, quantized_preds = score_dev(quantized, student_tok, dev, params.evaluate.batch_size, params.model.max_length, "quantized")
+    if args.predictions_out:
+        write_predictions({"distilled-dev": distilled_preds, "quantized-dev": quantized_preds}, args.predictions_out)
     result = {
-        "student": args.student, "set": updates, "train_steps": metrics["train_steps"],
+        "student": args.student, "set": updates, "augment_pool": args.augment_pool, "pool_copies": pool_copies,
+        "transfer_rows": metrics["transfer_rows"], "labelled_rows": metrics["labelled_rows"],
+        "train_steps": metrics["train_steps"],
         "train_minutes": round(metrics["train_seconds"] / 60, 1), "params": metrics["params_after"],
         "teacher_dev_accuracy": round(teacher_acc, 2),
-        "distilled_dev_accuracy": accuracy_pct(student, student_tok, dev, params.model.max_length),
-        "quantized_dev_accuracy": accuracy_pct(quantized, student_tok, dev, params.model.max_length),
+        "distilled_dev_accuracy": distilled_acc,
+        "quantized_dev_accuracy": quantized_acc,
     }
     result["quantized_dev_delta_pts"] = round(result["quantized_dev_accuracy"] - result["teacher_dev_accuracy"], 2)
     print(json.dumps(result))
