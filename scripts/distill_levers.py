@@ -31,8 +31,9 @@ import pandas as pd  # noqa: E402
 
 from stages._determinism import seed_everything  # noqa: E402
 from stages._io import read_pairs  # noqa: E402
-from stages._models import load_model  # noqa: E402
+from stages._models import load_model, save_model  # noqa: E402
 from stages._params import load_params  # noqa: E402
+from stages._pruning import describe_architecture  # noqa: E402
 from stages.augment import augment  # noqa: E402
 from stages.back_translate import back_translate  # noqa: E402
 from stages.distill import distill, transfer_set  # noqa: E402
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add augmented and back-translated copies of this share of the unlabelled pool (KD only)")
     parser.add_argument("--predictions-out", default=None,
                         help="write distilled-dev.parquet and quantized-dev.parquet here, for `sec compare`")
+    parser.add_argument("--save-model", default=None,
+                        help="save the distilled (float) student here, a model directory like models/distilled "
+                             "(then `python -m stages.quantize` and scripts/benchmark.py --candidate time it)")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             student, tokenizer, teacher, data, p, max_length=params.model.max_length, seed=params.seed,
             checkpoint_dir=Path(work) / "checkpoints",
         )
+    if args.save_model:
+        info = {"stage": "distill_levers", "parent": args.student, "teacher": args.teacher, "set": updates,
+                "augment_pool": args.augment_pool, "architecture": describe_architecture(student)}
+        save_model(student, student_tok, args.save_model, info)
     quantized, _ = quantize(student, params.quantize)
     dev = read_pairs(args.dev)
     teacher_acc = json.loads(Path(args.teacher_metrics).read_text())["models"]["teacher"]["dev"]["accuracy"] * 100
