@@ -34,7 +34,7 @@ __all__ = [
 
 # Pipeline order, so a decision can name the most upstream stage its changes invalidate.
 STAGE_ORDER = [
-    "prepare", "active_select", "augment", "back_translate", "fine_tune", "evaluate_teacher",
+    "prepare", "active_select", "augment", "back_translate", "augment_pool", "fine_tune", "evaluate_teacher",
     "prune", "distill", "quantize", "export", "evaluate", "report_plots",
 ]
 

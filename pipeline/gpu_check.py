@@ -87,7 +87,7 @@ def accuracy_by_model(evaluate: dict | None) -> dict[str, float]:
 
 def read_metrics(repo: Path) -> dict[str, dict | None]:
     out = {}
-    for stage in ("prepare", "active_select", "augment", "back_translate", "fine_tune", "prune", "distill",
+    for stage in ("prepare", "active_select", "augment", "back_translate", "augment_pool", "fine_tune", "prune", "distill",
                   "quantize", "export", "evaluate_teacher", "evaluate"):
         path = repo / "metrics" / f"{stage}.json"
         out[stage] = json.loads(path.read_text()) if path.is_file() else None

@@ -3,8 +3,8 @@
     python scripts/distill_levers.py                                  # the distill params as they are
     python scripts/distill_levers.py --set epochs=3.0                 # one lever
     python scripts/distill_levers.py --student models/teacher         # start from the unpruned teacher
-    python scripts/distill_levers.py --augment-pool 1.0 --set max_steps=1920 --predictions-out /tmp/lever
-        # transfer set + augmented and back-translated copies of the unlabelled pool, equal steps;
+    python scripts/distill_levers.py --augment-pool 0 --predictions-out /tmp/lever
+        # the transfer set without augment_pool's copies of the unlabelled pool (stages.augment_pool);
         # then: sec compare predictions/evaluate /tmp/lever --model quantized --split dev
 
 Runs the distill stage's core function with `--set` overrides on models/teacher (and the pruned
@@ -12,7 +12,7 @@ model, or `--student`), the committed training and unlabelled data, then quantiz
 the quantize params and prints the DEV accuracy of both next to the teacher's
 (metrics/evaluate_teacher.json, dev). A lever script chooses settings, so it reads the dev split only:
 the test split (validation_matched) is never scored here. This is how the levers in README "Closing the accuracy gap" were
-measured; it writes only under --work-dir.
+measured; it writes only under --work-dir, --predictions-out and --save-model.
 """
 
 from __future__ import annotations
@@ -34,31 +34,10 @@ from stages._io import read_pairs  # noqa: E402
 from stages._models import load_model, save_model  # noqa: E402
 from stages._params import load_params  # noqa: E402
 from stages._pruning import describe_architecture  # noqa: E402
-from stages.augment import augment  # noqa: E402
-from stages.back_translate import back_translate  # noqa: E402
+from stages.augment_pool import augment_pool  # noqa: E402
 from stages.distill import distill, transfer_set  # noqa: E402
 from stages.evaluate import score_split, write_predictions  # noqa: E402
 from stages.quantize import quantize  # noqa: E402
-
-
-def augmented_pool(
-    unlabelled: pd.DataFrame, params, fraction: float, seed: int, translator=None
-) -> tuple[pd.DataFrame, dict]:
-    """The unlabelled pool plus augmented (augment's ops) and back-translated copies of `fraction`
-    of it, every row label -1 (soft labels only: distillation needs no gold label).
-
-    augment and back_translate draw their rows from labelled originals, so the pool goes in with a
-    placeholder label 0 that no rewrite reads and that is dropped again here. `translator`: as
-    back_translate takes it (default Apertium through back_translate.pivot).
-    """
-    pool = unlabelled.assign(label=0, source="gold")
-    augmented, a = augment(pool, params.augment.model_copy(update={"fraction": fraction, "class_fraction": None}), seed)
-    translated, b = back_translate(
-        pool, params.back_translate.model_copy(update={"fraction": fraction, "class_fraction": None}), seed, translator
-    )
-    extra = pd.concat([augmented.iloc[len(pool):], translated.iloc[len(pool):]], ignore_index=True).assign(label=-1)
-    counts = {"augment": a["n_output"] - a["n_input"], "back_translate": b["n_output"] - b["n_input"]}
-    return pd.concat([unlabelled, extra[unlabelled.columns]], ignore_index=True), counts
 
 
 def score_dev(model, tokenizer, dev, batch_size: int, max_length: int, name: str) -> tuple[float, pd.DataFrame]:
@@ -74,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default="models/teacher")
     parser.add_argument("--student", default="models/pruned", help="the model cut to distill.layers and trained")
     parser.add_argument("--train", default="data/backtranslated/train.parquet")
-    parser.add_argument("--unlabelled", default="data/selected/unlabelled.parquet")
+    parser.add_argument("--unlabelled", default="data/selected/unlabelled.parquet",
+                        help="the pool before augment_pool (that stage's output already holds the copies)")
     parser.add_argument("--dev", default="data/prepared/dev.parquet", help="the dev split (never the test split)")
     parser.add_argument("--teacher-metrics", default="metrics/evaluate_teacher.json")
     parser.add_argument("--work-dir", default=None, help="checkpoints (default: a temporary directory)")
-    parser.add_argument("--augment-pool", type=float, default=0.0, metavar="FRACTION",
-                        help="add augmented and back-translated copies of this share of the unlabelled pool (KD only)")
+    parser.add_argument("--augment-pool", type=float, default=None, metavar="FRACTION",
+                        help="add augmented and back-translated copies of this share of the unlabelled pool "
+                             "(KD only; default: params.yaml augment_pool.fraction, as the pipeline does)")
     parser.add_argument("--predictions-out", default=None,
                         help="write distilled-dev.parquet and quantized-dev.parquet here, for `sec compare`")
     parser.add_argument("--save-model", default=None,
@@ -104,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     student, _ = load_model(args.student)
     unlabelled = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
     pool_copies = {}
-    if args.augment_pool > 0:
-        unlabelled, pool_copies = augmented_pool(unlabelled, params, args.augment_pool, params.seed)
+    fraction = params.augment_pool.fraction if args.augment_pool is None else args.augment_pool
+    if fraction > 0:
+        unlabelled, pool_metrics = augment_pool(unlabelled, fraction, params.augment, params.back_translate, params.seed)
+        pool_copies = {k: pool_metrics[k] for k in ("n_augmented", "n_backtranslated")}
     data = transfer_set(read_pairs(args.train), unlabelled, p.transfer_size, params.seed)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
         student, student_tok, metrics = distill(
@@ -114,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.save_model:
         info = {"stage": "distill_levers", "parent": args.student, "teacher": args.teacher, "set": updates,
-                "augment_pool": args.augment_pool, "architecture": describe_architecture(student)}
+                "augment_pool": fraction, "architecture": describe_architecture(student)}
         save_model(student, student_tok, args.save_model, info)
     quantized, _ = quantize(student, params.quantize)
     dev = read_pairs(args.dev)
@@ -124,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.predictions_out:
         write_predictions({"distilled-dev": distilled_preds, "quantized-dev": quantized_preds}, args.predictions_out)
     result = {
-        "student": args.student, "set": updates, "augment_pool": args.augment_pool, "pool_copies": pool_copies,
+        "student": args.student, "set": updates, "augment_pool": fraction, "pool_copies": pool_copies,
         "transfer_rows": metrics["transfer_rows"], "labelled_rows": metrics["labelled_rows"],
         "train_steps": metrics["train_steps"],
         "train_minutes": round(metrics["train_seconds"] / 60, 1), "params": metrics["params_after"],

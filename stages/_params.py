@@ -83,6 +83,12 @@ class BackTranslateParams(_Section):
     class_fraction: dict[LabelName, Fraction] | None = None
 
 
+class AugmentPoolParams(_Section):
+    # Share of the unlabelled pool that gets an augmented copy, and (drawn independently) a
+    # back-translated one, as extra distillation transfer rows (KD only). 0 = the pool as it is.
+    fraction: float = Field(default=0.0, ge=0, le=1)
+
+
 class TrainParams(_Section):
     epochs: float = Field(gt=0)
     batch_size: int = Field(ge=1)
@@ -193,6 +199,7 @@ class Params(_Section):
     active_select: ActiveSelectParams
     augment: AugmentParams
     back_translate: BackTranslateParams
+    augment_pool: AugmentPoolParams = AugmentPoolParams()
     fine_tune: FineTuneParams
     prune: PruneParams
     distill: DistillParams
