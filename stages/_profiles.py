@@ -29,7 +29,10 @@ PROFILES: dict[str, dict[str, dict]] = {
         # lr 2e-4: ~0.45 s a step here with the teacher running beside it (~16 min). Measured on the
         # run-4 teacher (scripts/distill_levers.py): 1.5 passes at 1e-4 reached 57.97, 3 passes
         # 58.82, 1.5 passes at 2e-4 58.67: the 3-layer student is step-bound on this budget.
-        "distill": {"epochs": 3.0, "batch_size": 16, "max_steps": -1, "transfer_size": 0, "learning_rate": 2e-4,
+        # 1,920 steps: three passes over the transfer set before augment_pool tripled the pool's
+        # part of it; the augmented transfer set was measured (and kept) at these equal steps,
+        # and three passes over it would take ~20 minutes here.
+        "distill": {"epochs": 3.0, "batch_size": 16, "max_steps": 1920, "transfer_size": 0, "learning_rate": 2e-4,
                     "layers": 3, "hidden_weight": 1.0},
         # evaluate times each model over 5 repeats here (scripts/benchmark.py is the measurement of
         # record: 5 rounds of its own); 10 cost a minute of the 30-minute budget.
