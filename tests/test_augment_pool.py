@@ -31,14 +31,16 @@ def _translator(calls):
 
 def test_pool_copies_are_kd_only_and_the_pool_stays_first():
     pool, calls = _pool(20), []
-    aug, bt = AugmentParams(fraction=0.25, class_fraction={"neutral": 0.0}), BackTranslateParams(fraction=0.25)
+    # swap only: WordNet is augment's business (tests/test_augment.py); this is about the pool.
+    aug = AugmentParams(fraction=0.25, ops=["swap"], class_fraction={"neutral": 0.0})
+    bt = BackTranslateParams(fraction=0.25)
     out, metrics = augment_pool(pool, 0.5, aug, bt, seed=0, translator=_translator(calls))
     assert calls == [20]  # half the pool, premise + hypothesis; class fractions do not apply to unlabelled pairs
     assert metrics["n_backtranslated"] == 10 and 0 < metrics["n_augmented"] <= 10
     assert metrics["n_output"] == len(out) == 20 + metrics["n_augmented"] + metrics["n_backtranslated"]
     pd.testing.assert_frame_equal(out.iloc[:20].reset_index(drop=True), pool)  # the pool unchanged, first
     extra = out.iloc[20:]
-    assert (extra["label"] == -1).all() and set(extra["source"]) == {"synonym", "backtranslation"}
+    assert (extra["label"] == -1).all() and set(extra["source"]) == {"eda", "backtranslation"}
     assert set(extra["pool_id"]) <= set(pool["pool_id"])  # each copy says which pool pair it came from
     assert list(out.columns) == list(pool.columns)
     again, _ = augment_pool(pool, 0.5, aug, bt, seed=0, translator=_translator([]))
