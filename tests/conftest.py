@@ -122,6 +122,9 @@ def make_tiny_repo(root: Path, shared: Path | None = None) -> Path:
     params["profile"] = "tiny"
     params["data"]["local_dir"] = str(data.resolve())
     params["model"]["teacher"] = str(model.resolve())
+    # The tiny pipeline runs in a dozen slow tests: augment_pool passes its pool through there
+    # (WordNet and Apertium on it cost ~5 s a run); tests/test_augment_pool.py covers the copies.
+    params["augment_pool"]["fraction"] = 0.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_cmd(["git", "init", "-q"], repo)
     run_cmd(["dvc", "init", "-q"], repo)
