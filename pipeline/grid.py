@@ -217,6 +217,7 @@ class Task:
     seconds: float | None = None  # wall time from Running to done, as seen by `wait`
 
 
+MISSING_POLLS = 3  # polls a task may be absent from `dvc queue status` before `wait` gives up on it
 _STATUS_WORDS = {"Queued", "Running", "Success", "Failed", "Unknown", "Revoked"}
 
 
@@ -342,14 +343,24 @@ def wait(
     idle_polls = 0
     final: dict[str, Task] = {}
     names: dict[str, str] = {}
+    missing: dict[str, int] = {}  # consecutive polls a task was absent from `dvc queue status`
     while True:
         tasks, active = queue_status(repo)
         ours = {t.id: t for t in tasks if t.id in watch}
-        for task_id in watch - set(ours):  # gone from the queue: treat as finished, state unknown
-            final.setdefault(task_id, Task(task_id, names.get(task_id, task_id), "Unknown"))
-        done = sum(1 for t in ours.values() if t.status not in ("Queued", "Running")) + len(watch - set(ours))
+        # `dvc queue status` can leave a task out for a moment while the worker moves it from queued
+        # to running (seen in CI): only a task absent for MISSING_POLLS polls in a row is taken as
+        # finished in an unknown state, and one that shows up again gets its real state back.
+        for task_id in watch - set(ours):
+            missing[task_id] = missing.get(task_id, 0) + 1
+            if missing[task_id] >= MISSING_POLLS:
+                final.setdefault(task_id, Task(task_id, names.get(task_id, task_id), "Unknown"))
+        gone = {task_id for task_id in watch - set(ours) if missing[task_id] >= MISSING_POLLS}
+        done = sum(1 for t in ours.values() if t.status not in ("Queued", "Running")) + len(gone)
         for task in ours.values():
             names[task.id] = task.name
+            missing.pop(task.id, None)
+            if task.id in final and final[task.id].status == "Unknown":
+                del final[task.id]
             if seen.get(task.id) != task.status:
                 seen[task.id] = task.status
                 if task.status == "Running":

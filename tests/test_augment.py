@@ -194,7 +194,14 @@ def offline_nltk(nltk_data, monkeypatch):
 
     monkeypatch.setattr(nltk, "download", no_network)
     monkeypatch.setattr(nltk, "pos_tag", no_network)
-    return nltk_data
+    yield nltk_data
+    # nltk's lazy `wordnet` turns itself into a reader rooted at this temporary directory on first
+    # use; unload it so that later tests in this process find WordNet where NLTK_DATA says again.
+    from nltk.corpus import wordnet
+    from nltk.corpus.util import LazyCorpusLoader
+
+    if not isinstance(wordnet, LazyCorpusLoader) and hasattr(wordnet, "_unload"):
+        wordnet._unload()
 
 
 def test_ensure_wordnet_copies_debian_files_and_is_idempotent(offline_nltk):

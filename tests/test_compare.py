@@ -283,7 +283,10 @@ def test_resolve_rev_commits_tags_and_experiment_names(git_repo):
     assert resolve_rev("dup", repo) == head
     assert resolve_rev(ref_old, repo) == first  # a full ref picks either
     _exp_ref(repo, first, "twice", first)
-    _exp_ref(repo, "ab" + first[2:], "twice", head)
+    # A made-up baseline that is neither commit: two hex digits that differ from both hashes' first two
+    # (a fixed "ab" + first[2:] failed in CI on a day `first` happened to start with "ab").
+    other = next(p for p in ("ab", "cd", "ef") if p not in (first[:2], head[:2])) + first[2:]
+    _exp_ref(repo, other, "twice", head)
     with pytest.raises(CompareError, match="'twice' is ambiguous"):
         resolve_rev("twice", repo)
     with pytest.raises(CompareError, match="'nope': not a directory, a git commit"):

@@ -265,6 +265,29 @@ def test_parse_queue_status_and_stage_summary():
     assert grid.stage_summary(log) == {"ran": ["fine_tune"], "restored": ["prepare"], "unchanged": ["augment"]}
 
 
+
+def test_wait_outlasts_a_task_briefly_missing_from_the_queue_status(monkeypatch):
+    # CI once saw `dvc queue status` leave out a queued task for one poll while the worker took it:
+    # `wait` then called it finished ("Unknown") and the grid reported a run that succeeded as failed.
+    T = grid.Task
+    polls = iter([
+        ([T("a1b2c3d", "grid-x", "Running"), T("b2c3d4e", "grid-y", "Queued")], 1),
+        ([T("a1b2c3d", "grid-x", "Success")], 1),  # grid-y missing for one poll
+        ([T("a1b2c3d", "grid-x", "Success"), T("b2c3d4e", "grid-y", "Running")], 1),
+        ([T("a1b2c3d", "grid-x", "Success"), T("b2c3d4e", "grid-y", "Success")], 0),
+    ])  # fmt: skip
+    monkeypatch.setattr(grid, "queue_status", lambda repo: next(polls))
+    monkeypatch.setattr(grid.time, "sleep", lambda s: None)
+    final = grid.wait(["a1b2c3d", "b2c3d4e"], ".", log=lambda m: None)
+    assert {t.name: t.status for t in final.values()} == {"grid-x": "Success", "grid-y": "Success"}
+
+    # A task that stays gone is finished in an unknown state after MISSING_POLLS polls, not waited on forever.
+    gone = [([T("a1b2c3d", "grid-x", "Success")], 0)] * grid.MISSING_POLLS
+    polls = iter([([T("a1b2c3d", "grid-x", "Success"), T("b2c3d4e", "grid-y", "Queued")], 1), *gone])
+    final = grid.wait(["a1b2c3d", "b2c3d4e"], ".", log=lambda m: None)
+    assert {t.name: t.status for t in final.values()} == {"grid-x": "Success", "grid-y": "Unknown"}
+
+
 # ---------------------------------------------------------------------------------- collect
 
 
