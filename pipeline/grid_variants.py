@@ -68,7 +68,12 @@ class GridParams(BaseModel):
 
 # Data-only variants (Tables 2 and 4) need the teacher alone: they reproduce up to this stage.
 TEACHER_TARGET = "evaluate_teacher"
-NO_AUGMENTATION = {"augment.fraction": 0, "back_translate.fraction": 0}
+# "No augmentation" means none anywhere: neither of the teacher's training data (augment,
+# back_translate) nor of the distillation transfer set (augment_pool, which only a --full run
+# reaches). The +synonym / +back-translation rows change the teacher's data alone, so they also keep
+# augment_pool off: against `active` they differ in one thing. Only `sec` (the defaults) has it on.
+NO_POOL_AUGMENTATION = {"augment_pool.fraction": 0}
+NO_AUGMENTATION = {"augment.fraction": 0, "back_translate.fraction": 0, **NO_POOL_AUGMENTATION}
 
 
 class GridError(RuntimeError):
@@ -184,14 +189,14 @@ def grid_for(
         Variant(
             "active+synonym",
             "active + synonym augmentation (the profile's fraction)",
-            {"active_select.strategy": "entropy", "augment.fraction": None, "back_translate.fraction": 0},
+            {"active_select.strategy": "entropy", "augment.fraction": None, "back_translate.fraction": 0, **NO_POOL_AUGMENTATION},
             ("data",),
             parent="active",
         ),
         Variant(
             "active+backtranslation",
             "active + back-translation (the profile's fraction)",
-            {"active_select.strategy": "entropy", "augment.fraction": 0, "back_translate.fraction": None},
+            {"active_select.strategy": "entropy", "augment.fraction": 0, "back_translate.fraction": None, **NO_POOL_AUGMENTATION},
             ("data",),
             parent="active",
         ),
