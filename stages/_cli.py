@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 
 def run(main: Callable[[], None]) -> None:
-    from stages._io import DataError, MissingPackageError
-    from stages._models import ModelError
+    # Light imports only: every stage's command runs through here, and dvc.yaml lists what it imports.
+    from stages._io import DataError, MissingPackageError, ModelError
     from stages._params import ParamsError
 
     try:

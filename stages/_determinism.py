@@ -36,10 +36,36 @@ def seed_everything(seed: int, threads: int, device: torch.device | str | None =
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    run = {"seed": seed, "threads": torch.get_num_threads(), "deterministic_algorithms": True}
+    run = {"seed": seed, "threads": torch.get_num_threads(), "deterministic_algorithms": True, "cpu": cpu_info()}
     if device is not None:
         from stages._device import describe
 
         run.update(describe(device))
     return run
 
+
+
+# The ISA extensions that pick oneDNN/fbgemm/ONNX Runtime kernels, so the float results of a run.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """The CPU a stage ran on: model name and which of _ISA_FLAGS it has (Linux /proc/cpuinfo).
+
+    Recorded in every stage's run info: the same commit computes different last bits on another
+    CPU, and that is the first thing to check when two runs differ.
+    """
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return {"model": platform.processor() or platform.machine(), "isa": {}}
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's entry
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name", platform.machine()), "isa": {f: f in flags for f in _ISA_FLAGS}}

@@ -32,6 +32,10 @@ class DataError(ValueError):
     """A dataset file is missing, empty or malformed; the message names the file and row."""
 
 
+class ModelError(RuntimeError):  # a missing model *package* is one too; stages._models raises it
+    """A model could not be resolved or loaded; the message says how to fix it."""
+
+
 class MissingPackageError(RuntimeError):
     """A system or model package the stage needs is absent; the message gives the install command."""
 

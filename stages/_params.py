@@ -32,8 +32,15 @@ class DataParams(_Section):
     local_dir: str | None = None
     hub_id: str = "nyu-mll/glue"
     hub_config: str = "mnli"
-    train_split: str = "train"
+    # The training files, all pooled: split names (<name>.<ext> in local_dir, or hub splits) or
+    # paths to files. Pairs repeated across them, or also in the eval split, are removed (prepare).
+    train_splits: list[str] = Field(default=["train"], min_length=1)
     eval_split: str = "validation_matched"
+    # The training splits the dev split is drawn from (null: all of them).
+    dev_from: list[str] | None = None
+    # Seed of the dev/seed/pool split; null = the run's `seed`. Fixed, the seeds of a study vary
+    # training (heads, acquisition, augmentation, batch order) and not the yardstick.
+    split_seed: int | None = None
     # Sizes; 0 means "all rows the split has" (dev_size 0: no dev split; decisions then have
     # nothing to read, which the controller and the grid refuse).
     # dev: held out of the training pool before anything else is drawn, labelled, never trained
@@ -48,9 +55,24 @@ class DataParams(_Section):
 class ModelParams(_Section):
     teacher: str = Field(min_length=1)
     max_length: int = Field(ge=8, le=512)
+    # The head every model gets (stages._heads): mean = masked mean of the last hidden states ->
+    # dropout -> linear; cls = the architecture's own head ([CLS] pooler); auto = the checkpoint's
+    # sentence-transformers pooling config when it has one, else cls.
+    pooling: Literal["mean", "cls", "auto"] = "auto"
 
 
-class ActiveSelectParams(_Section):
+class HealthParams(_Section):
+    """Mixed into the sections of stages that train a model from a fresh head."""
+
+    # The head's own learning rate (a fresh linear layer learns faster than the pretrained encoder
+    # may move); warmed up and decayed with the rest. null: learning_rate.
+    head_learning_rate: float | None = Field(default=None, gt=0)
+    # The trained model's dev accuracy below this stops the pipeline (0 = off): clearly above
+    # chance, so that nothing downstream compresses a model that did not learn.
+    min_dev_accuracy: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ActiveSelectParams(HealthParams):
     # entropy | margin: uncertainty sampling; random: the baseline at the same budget;
     # all: every pool pair gets its label (the all-labels baseline; budget is ignored).
     strategy: Literal["entropy", "margin", "random", "all"] = "entropy"
@@ -62,6 +84,10 @@ class ActiveSelectParams(_Section):
     # training set with its predicted label (source "pseudo"), their loss scaled by pseudo_weight.
     pseudo_size: int = Field(default=0, ge=0)
     pseudo_weight: float = Field(default=0.5, ge=0)
+    # Pool pairs the acquisition model scores (a random subset, drawn with the seed; 0 = all):
+    # scoring 26k pairs with the fp32 model costs minutes on a 2-core CPU. The budget is spent
+    # among them; the unscored rest stays in the unlabelled pool.
+    candidates: int = Field(default=0, ge=0)
 
 
 class AugmentParams(_Section):
@@ -110,7 +136,7 @@ class TrainingParams(_Section):
     processes: int = Field(default=1, ge=1)
 
 
-class FineTuneParams(TrainParams):
+class FineTuneParams(TrainParams, HealthParams):
     # λ2 inside training: weight of the group-lasso penalty on the heads and FFN channels that
     # pruning removes (stages._pruning.group_norms), so pruning them later costs less. 0 = off.
     sparsity_weight: float = Field(default=0.0, ge=0)

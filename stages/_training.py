@@ -59,6 +59,9 @@ class TrainConfig:
     # fp32 | bf16 | fp16, already resolved for the device (stages._device.resolve_precision):
     # the Trainer's autocast; weights and optimizer state stay float32.
     precision: str = "fp32"
+    # The head's learning rate (stages._heads.head_parameter_names), warmed up and decayed with the
+    # encoder's; None: learning_rate for every parameter.
+    head_learning_rate: float | None = None
 
 
 def precision_flags(precision: str) -> dict:
@@ -85,6 +88,7 @@ def train_config(params, *, seed: int, max_length: int, alpha: float = 0.0, temp
         alpha=alpha,
         temperature=temperature,
         sparsity_weight=getattr(params, "sparsity_weight", 0.0),
+        head_learning_rate=getattr(params, "head_learning_rate", None),
     )
 
 
@@ -179,9 +183,11 @@ class SecTrainer(Trainer):
         layer_pairs: list[tuple[int, int]] | None = None,
         attention_weight: float = 0.0,
         attention_heads: int = 0,
+        head_learning_rate: float | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
         self.alpha = alpha
         self.temperature = temperature
         self.sparsity_weight = sparsity_weight
@@ -190,6 +196,29 @@ class SecTrainer(Trainer):
         self.layer_pairs = layer_pairs or []
         self.attention_weight = attention_weight
         self.attention_heads = attention_heads
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the head's parameters in groups of their own at
+        `head_learning_rate` (the scheduler's warmup and decay scale every group alike)."""
+        if self.head_learning_rate is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        from stages._heads import head_parameter_names
+
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        head = head_parameter_names(unwrap(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name in decay, name.removeprefix("module.") in head), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(
+            [{"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
+              **({"lr": self.head_learning_rate} if is_head else {})}
+             for (decays, is_head), params in sorted(groups.items())],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = step_loss(
@@ -266,16 +295,34 @@ class DvcLiveCallback(TrainerCallback):
         self.live = Live(str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # The step first: a value logged at global step 25 is the mean over steps 1..25, plotted at 25.
+        self.live.step = state.global_step
         # "train_loss" is the Trainer's closing summary (mean loss of the run): logged even when a
         # run is shorter than `logging_steps`, so the plots directory DVC expects always exists.
         for key in ("loss", "learning_rate", "grad_norm", "train_loss"):
             if logs and key in logs:
                 self.live.log_metric(f"train/{key}", float(logs[key]))
-        self.live.step = state.global_step
         self.live.next_step()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.live.end()
+
+
+class LossThresholdCallback(TrainerCallback):
+    """The first optimizer step at which the smoothed training loss fell below `threshold`.
+
+    Smoothed: the Trainer's logged loss, the mean over the last logging window (25 steps). For a
+    3-way classifier chance is ln 3 = 1.10, so below 1.0 means the model has left the plateau.
+    The log history survives a resume (trainer_state.json), so a resumed run reports the same step.
+    """
+
+    def __init__(self, threshold: float = 1.0):
+        self.threshold = threshold
+        self.step: int | None = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        below = [entry["step"] for entry in state.log_history if "loss" in entry and entry["loss"] < self.threshold]
+        self.step = int(min(below)) if below else None
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -363,7 +410,8 @@ def train(
         last = last_complete_checkpoint(checkpoint_dir)
     main = is_main_process()
     live = [DvcLiveCallback(live_dir, resume=last is not None)] if live_dir and main else []
-    callbacks = list(callbacks or []) + live
+    loss_step = LossThresholdCallback(1.0)
+    callbacks = list(callbacks or []) + live + [loss_step]
     trainer = SecTrainer(
         model=model,
         args=args,
@@ -378,6 +426,7 @@ def train(
         layer_pairs=layer_pairs,
         attention_weight=attention_weight,
         attention_heads=attention_heads,
+        head_learning_rate=cfg.head_learning_rate,
     )
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     if processes > 1:
@@ -390,6 +439,9 @@ def train(
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
         "train_rows": len(df),
         "resumed_from": Path(last).name if last else None,
+        # None: the smoothed loss never fell below 1.0 (still near chance, ln 3 = 1.10)
+        "loss_below_1_step": loss_step.step,
+        "loss_below_1_fraction": round(loss_step.step / max(1, int(result.global_step)), 4) if loss_step.step else None,
         "device": args.device.type,  # where the Trainer actually trained
         "precision": cfg.precision,
         "processes": processes,

@@ -5,6 +5,11 @@ every unlabelled pool pair; the `budget` highest-scoring pairs are "annotated" f
 and join the seed set. `random` picks uniformly and is the baseline active selection must beat;
 `all` labels the whole pool (the all-labels baseline the data target is measured against).
 The rest of the pool stays unlabelled: distillation uses it as a transfer set (soft labels only).
+With `candidates` > 0 only a random subset of the pool of that size is scored (and picked from):
+scoring every pair of a 26k-pair pool with the fp32 model takes minutes on a 2-core CPU.
+The acquisition model is scored on dev after training and stops the stage below
+`active_select.min_dev_accuracy` (stages._health). Stored scores are rounded (SCORE_DECIMALS), so
+that the same picks made on another CPU, whose scores differ in the 8th digit, give the same files.
 With `pseudo_size` > 0 the acquisition model also pseudo-labels the unpicked pairs it is surest of
 (semi-supervised self-training); they join the labelled file as source "pseudo" with a lower
 loss weight, and do not count as labelled examples.
@@ -22,11 +27,24 @@ import pandas as pd
 from stages._cli import run
 from stages._determinism import seed_everything
 from stages._device import pick_device, resolve_precision
+from stages._health import dev_health
 from stages._inference import predict_logits, softmax
 from stages._io import DataError, read_pairs, write_metrics, write_pairs
 from stages._models import load_pretrained_classifier
 from stages._params import ActiveSelectParams, load_params
 from stages._training import TrainConfig, checkpoint_dir_for, train
+
+
+# Decimals kept of a stored acquisition score or pseudo-label confidence: enough to rank, few enough
+# that another CPU's last-bit differences round to the same value (and the same data hash).
+SCORE_DECIMALS = 4
+
+
+def candidate_positions(pool_size: int, candidates: int, seed: int) -> np.ndarray:
+    """Sorted positions of the pool rows to score: all of them, or `candidates` drawn with `seed`."""
+    if candidates <= 0 or candidates >= pool_size:
+        return np.arange(pool_size)
+    return np.sort(np.random.default_rng(seed).choice(pool_size, size=candidates, replace=False))
 
 
 def uncertainty(probs: np.ndarray, strategy: str, seed: int) -> np.ndarray:
@@ -49,11 +67,13 @@ def pseudo_label(rest: pd.DataFrame, probs: np.ndarray, size: int, weight: float
     """
     if size == 0 or len(rest) == 0:
         return rest.iloc[:0].assign(label=pd.Series(dtype="int64"), source="pseudo"), rest
-    rest_probs = probs[rest["row"].to_numpy()]  # (len(rest), 3)
-    confidence = rest_probs.max(axis=1)
-    order = np.argsort(-confidence, kind="stable")[:size]
+    rest_probs = probs[rest["row"].to_numpy()]  # (len(rest), 3); NaN rows were not scored
+    scored = ~np.isnan(rest_probs).any(axis=1)
+    confidence = np.where(scored, np.nan_to_num(rest_probs).max(axis=1), -1.0)
+    order = np.argsort(-confidence, kind="stable")[: min(size, int(scored.sum()))]
     chosen = rest.iloc[order].assign(
-        label=rest_probs[order].argmax(axis=1).astype("int64"), source="pseudo", weight=weight, score=confidence[order]
+        label=rest_probs[order].argmax(axis=1).astype("int64"), source="pseudo", weight=weight,
+        score=np.round(confidence[order], SCORE_DECIMALS),
     )
     remaining = rest.drop(index=rest.index[order]).reset_index(drop=True)
     return chosen.reset_index(drop=True), remaining
@@ -80,8 +100,13 @@ def pick(
         raise DataError(f"active_select.budget ({budget}) exceeds the pool ({len(pool)} rows)")
     if not pool["pool_id"].isin(oracle["pool_id"]).all():
         raise DataError("oracle.parquet lacks labels for some pool_id values")
+    if budget > int(np.isfinite(scores).sum()):
+        raise DataError(f"active_select.budget ({budget}) exceeds the {int(np.isfinite(scores).sum())} scored pool "
+                        "rows (active_select.candidates); raise candidates or lower the budget")
+    scores = np.round(scores, SCORE_DECIMALS)
     pool = pool.assign(score=scores)
-    order = np.argsort(-scores, kind="stable")
+    # Unscored rows (NaN, outside the candidates) sort last; ties keep pool order (stable).
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
     picked = pool.iloc[order[:budget]]
     rest = pool.iloc[order[budget:]].sort_values("pool_id")
     labels = oracle.set_index("pool_id")["label"]
@@ -102,7 +127,10 @@ def active_select(
     checkpoint_dir: str | Path,
     device=None,
     precision: str = "fp32",
+    pooling: str = "auto",
+    dev: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """`dev`: scores the acquisition model on it (raises ModelDidNotLearnError below the floor)."""
     started = time.perf_counter()
     metrics: dict = {"strategy": params.strategy, "budget": params.budget, "pool_rows": len(pool)}
     probs = None
@@ -111,17 +139,25 @@ def active_select(
     if params.strategy in ("random", "all"):
         scores = uncertainty(np.zeros((len(pool), 3)), "random", seed)
     if needs_model:
-        model, tokenizer = load_pretrained_classifier(teacher, seed=seed)
+        model, tokenizer = load_pretrained_classifier(teacher, seed=seed, pooling=pooling)
         cfg = TrainConfig(
             epochs=params.acquisition_epochs,
             batch_size=params.batch_size,
             learning_rate=params.learning_rate,
+            head_learning_rate=params.head_learning_rate,
             seed=seed,
             max_length=max_length,
             precision=precision,
         )
         metrics["acquisition"] = train(model, tokenizer, seed_set, cfg, checkpoint_dir=checkpoint_dir, device=device)
-        probs = score_pool(model, tokenizer, pool, max_length=max_length)  # (len(pool), 3)
+        if dev is not None:
+            metrics["acquisition"]["health"] = dev_health(
+                model, tokenizer, dev, stage="active_select (acquisition model)", section="active_select",
+                min_accuracy=params.min_dev_accuracy, max_length=max_length)
+        scored = candidate_positions(len(pool), params.candidates, seed)
+        probs = np.full((len(pool), 3), np.nan)
+        probs[scored] = score_pool(model, tokenizer, pool.iloc[scored], max_length=max_length)  # (len(pool), 3)
+        metrics["scored_rows"] = int(len(scored))
         if params.strategy in ("entropy", "margin"):
             scores = uncertainty(probs, params.strategy, seed)
     labelled, rest = pick(seed_set, pool, oracle, scores, budget)
@@ -146,8 +182,8 @@ def active_select(
         labelled_rows=gold_rows,
         label_fraction=round(gold_rows / (len(seed_set) + len(pool)), 4),
         unlabelled_rows=len(rest),
-        mean_score_picked=float(picked_scores.mean()) if len(picked_scores) else 0.0,
-        mean_score_pool=float(np.mean(scores)) if len(scores) else 0.0,
+        mean_score_picked=round(float(picked_scores.mean()), 6) if len(picked_scores) else 0.0,
+        mean_score_pool=round(float(np.nanmean(scores)), 6) if np.isfinite(scores).any() else 0.0,
         picked_label_counts={
             str(k): int(v) for k, v in labelled.loc[labelled["source"] == "oracle", "label"].value_counts().sort_index().items()
         },
@@ -172,13 +208,14 @@ def main(argv: list[str] | None = None) -> None:
     seed_set = read_pairs(prepared / "seed.parquet")
     pool = read_pairs(prepared / "pool.parquet", allow_unlabelled=True)
     oracle = pd.read_parquet(prepared / "oracle.parquet")
+    dev = read_pairs(prepared / "dev.parquet")
     job = {"active_select": params.active_select.model_dump(), "model": params.model.model_dump(), "seed": params.seed,
            "precision": precision}
     labelled, rest, metrics = active_select(
         seed_set, pool, oracle, params.active_select,
         teacher=params.model.teacher, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("active_select", job, [prepared / "seed.parquet"]),
-        device=device, precision=precision,
+        device=device, precision=precision, pooling=params.model.pooling, dev=dev,
     )
     write_pairs(labelled, Path(args.out_dir) / "labelled.parquet")
     write_pairs(rest, Path(args.out_dir) / "unlabelled.parquet")

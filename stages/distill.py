@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     if p.student == "pruned":
         student, student_tokenizer = load_model(args.pruned)
     else:
-        student, student_tokenizer = load_pretrained_classifier(p.student, seed=params.seed)
+        student, student_tokenizer = load_pretrained_classifier(p.student, seed=params.seed, pooling=params.model.pooling)
     if student_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SystemExit(f"distill.student {p.student!r} has a different vocabulary from the teacher; "
                          "soft labels are computed per pair, so pick a student with the teacher's tokenizer")

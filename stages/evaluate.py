@@ -249,8 +249,9 @@ def time_models(models: dict, splits: dict[str, pd.DataFrame], params: EvaluateP
     device = torch.device(device)
     if device.type != "cpu":
         models = {name: (on_device(m, device), tok, d) for name, (m, tok, d) in models.items() if not cpu_only(m)}
-    # The same fixed batches (random test pairs, each padded to its longest) for every model.
-    latency_split = splits.get("test", next(iter(splits.values())))
+    # The same fixed batches (random dev pairs, each padded to its longest) for every model. Dev,
+    # not test: the controller acts on these timings, and nothing that chooses may read the test split.
+    latency_split = splits.get("dev", next(iter(splits.values())))
     sample = latency_split.sample(n=min(params.batch_size * params.latency_batches, len(latency_split)), random_state=seed)
     chunks = [sample.iloc[i : i + params.batch_size] for i in range(0, len(sample), params.batch_size)]
     batches = {
@@ -297,8 +298,8 @@ def report_markdown(results: dict, timings: dict, *, rows: dict[str, int], threa
         "",
         f"Test: validation_matched, {rows.get('test', 0)} pairs (reported only, never used to choose). "
         f"Dev: {rows.get('dev', 0)} pairs held out of the training pool (what every decision reads).",
-        f"Latency: batch 32 = mean over {latency_batches} fixed random test batches, median over repeats; "
-        f"batch 1 = p50/p95 over single test pairs. CPU threads: {threads}; all models timed interleaved in one "
+        f"Latency: batch 32 = mean over {latency_batches} fixed random dev batches, median over repeats; "
+        f"batch 1 = p50/p95 over single dev pairs. CPU threads: {threads}; all models timed interleaved in one "
         "process (torch eager or ONNX Runtime, see each model's row). One seed: see README for means and "
         "intervals over seeds.",
         f"Deployed model: {deployed}." if deployed else "",

@@ -5,6 +5,8 @@ Nothing here touches the network or the shared MNLI files.
 
 from __future__ import annotations
 
+import json
+
 import os
 import random
 import subprocess
@@ -55,8 +57,13 @@ def _vocab() -> list[str]:
     return specials + sorted(words) + letters
 
 
-def build_tiny_bert(directory) -> str:
-    """A 2-layer, 4-head, hidden-32 BERT classifier + WordPiece tokenizer, saved like a hub model."""
+def build_tiny_bert(directory, pooling: str | None = "mean") -> str:
+    """A 2-layer, 4-head, hidden-32 BERT classifier + WordPiece tokenizer, saved like a hub model.
+
+    `pooling`: the sentence-transformers pooling config it ships (1_Pooling/config.json), as both
+    offline models do, so `model.pooling: auto` gives it the mean-pooling head the pipeline's
+    models get; None: no such file (a plain hub checkpoint: the [CLS] pooler head).
+    """
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -74,12 +81,23 @@ def build_tiny_bert(directory) -> str:
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    if pooling is not None:
+        (directory / "1_Pooling").mkdir(exist_ok=True)
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+             "pooling_mode_mean_tokens": pooling == "mean"}))
     return str(directory)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_model_dir(tmp_path_factory) -> str:
+    """The tiny BERT without a pooling config: `auto` gives it the [CLS] pooler head."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-cls"), pooling=None)
 
 
 @pytest.fixture
@@ -114,7 +132,8 @@ def make_tiny_repo(root: Path, shared: Path | None = None) -> Path:
     if not (data / "train.parquet").is_file():
         data.mkdir(parents=True, exist_ok=True)
         make_pairs(120).to_parquet(data / "train.parquet")
-        make_pairs(40, seed=1).to_parquet(data / "validation_matched.parquet")
+        # The test split shares no pair with the training file (prepare would drop shared ones).
+        make_pairs(40, seed=1).assign(premise=lambda f: "Today " + f["premise"]).to_parquet(data / "validation_matched.parquet")
     model = home / "tiny-bert"
     if not (model / "config.json").is_file():
         build_tiny_bert(model)

@@ -9,12 +9,17 @@ from stages.active_select import active_select, pick, uncertainty
 from stages.prepare import load_mnli, prepare
 
 
+def eval_pairs(n: int, seed: int = 0) -> pd.DataFrame:
+    """An evaluation split sharing no pair with make_pairs' training pairs (prepare drops shared ones)."""
+    return make_pairs(n, seed=seed).assign(premise=lambda f: "Test: " + f["premise"])
+
+
 def data_params(**kw) -> DataParams:
     return DataParams(**{"dev_size": 0, "seed_size": 10, "pool_size": 20, "eval_size": 15, **kw})
 
 
 def test_prepare_is_deterministic_and_keeps_oracle_apart():
-    train, evaluation = make_pairs(50), make_pairs(30, seed=1)
+    train, evaluation = make_pairs(50), eval_pairs(30, seed=1)
     frames, metrics = prepare(train, evaluation, data_params(), seed=3)
     again, _ = prepare(train, evaluation, data_params(), seed=3)
     for name in frames:
@@ -30,7 +35,7 @@ def test_prepare_is_deterministic_and_keeps_oracle_apart():
 
 
 def test_prepare_holds_out_dev_before_anything_else():
-    train, evaluation = make_pairs(60), make_pairs(30, seed=1)
+    train, evaluation = make_pairs(60), eval_pairs(30, seed=1)
     frames, metrics = prepare(train, evaluation, data_params(dev_size=12, pool_size=0), seed=3)
     assert len(frames["dev"]) == 12 and metrics["dev_rows"] == 12
     pairs = lambda name: set(zip(frames[name].premise, frames[name].hypothesis))  # noqa: E731
@@ -53,14 +58,14 @@ def test_prepare_holds_out_dev_before_anything_else():
 
 def test_prepare_rejects_sizes_larger_than_the_split():
     with pytest.raises(DataError, match="data.seed_size"):
-        prepare(make_pairs(20), make_pairs(5), data_params(seed_size=15, pool_size=10), seed=0)
+        prepare(make_pairs(20), eval_pairs(5), data_params(seed_size=15, pool_size=10), seed=0)
 
 
 def test_load_mnli_from_local_dir(tmp_path):
     make_pairs(12).to_parquet(tmp_path / "train.parquet")
     make_pairs(6).to_json(tmp_path / "validation_matched.jsonl", orient="records", lines=True)
-    train, evaluation, origin = load_mnli(data_params(local_dir=str(tmp_path)))
-    assert len(train) == 12 and len(evaluation) == 6 and origin == str(tmp_path)
+    trains, evaluation, origin = load_mnli(data_params(local_dir=str(tmp_path)))
+    assert list(trains) == ["train"] and len(trains["train"]) == 12 and len(evaluation) == 6 and origin == str(tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         load_mnli(data_params(local_dir=str(tmp_path / "missing")))
     (tmp_path / "train.parquet").unlink()
@@ -78,7 +83,7 @@ def test_uncertainty_orders_by_doubt():
 
 
 def test_pick_labels_from_oracle_only_what_was_picked():
-    frames, _ = prepare(make_pairs(40), make_pairs(10), data_params(pool_size=20, eval_size=5), seed=0)
+    frames, _ = prepare(make_pairs(40), eval_pairs(10), data_params(pool_size=20, eval_size=5), seed=0)
     scores = np.arange(20, dtype=float)
     labelled, rest = pick(frames["seed"], frames["pool"], frames["oracle"], scores, budget=5)
     picked = labelled[labelled.source == "oracle"]
@@ -92,7 +97,7 @@ def test_pick_labels_from_oracle_only_what_was_picked():
 
 @pytest.mark.parametrize("strategy", ["entropy", "random"])
 def test_active_select_end_to_end_on_tiny_model(strategy, tiny_model_dir, tmp_path):
-    frames, _ = prepare(make_pairs(60), make_pairs(10), data_params(seed_size=16, pool_size=30, eval_size=5), seed=0)
+    frames, _ = prepare(make_pairs(60), eval_pairs(10), data_params(seed_size=16, pool_size=30, eval_size=5), seed=0)
     params = ActiveSelectParams(strategy=strategy, budget=8, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
     labelled, rest, metrics = active_select(
         frames["seed"], frames["pool"], frames["oracle"], params,
@@ -105,7 +110,7 @@ def test_active_select_end_to_end_on_tiny_model(strategy, tiny_model_dir, tmp_pa
 
 
 def test_oracle_labels_never_reach_unlabelled_output(tmp_path, tiny_model_dir):
-    frames, _ = prepare(make_pairs(40), make_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
+    frames, _ = prepare(make_pairs(40), eval_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
     params = ActiveSelectParams(strategy="random", budget=5, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
     _, rest, _ = active_select(frames["seed"], frames["pool"], frames["oracle"], params,
                                teacher=tiny_model_dir, max_length=32, seed=0, checkpoint_dir=tmp_path)
@@ -115,7 +120,7 @@ def test_oracle_labels_never_reach_unlabelled_output(tmp_path, tiny_model_dir):
 
 
 def test_all_strategy_labels_the_whole_pool_without_a_model(tmp_path):
-    frames, _ = prepare(make_pairs(40), make_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
+    frames, _ = prepare(make_pairs(40), eval_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
     params = ActiveSelectParams(strategy="all", budget=3, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
     labelled, rest, metrics = active_select(frames["seed"], frames["pool"], frames["oracle"], params,
                                             teacher="no-such-model", max_length=32, seed=0, checkpoint_dir=tmp_path)
@@ -129,7 +134,7 @@ def test_all_strategy_labels_the_whole_pool_without_a_model(tmp_path):
 
 
 def test_pseudo_labels_join_as_their_own_source_and_do_not_count_as_labels(tiny_model_dir, tmp_path):
-    frames, _ = prepare(make_pairs(60), make_pairs(10), data_params(seed_size=16, pool_size=30, eval_size=5), seed=0)
+    frames, _ = prepare(make_pairs(60), eval_pairs(10), data_params(seed_size=16, pool_size=30, eval_size=5), seed=0)
     params = ActiveSelectParams(strategy="random", budget=8, acquisition_epochs=1, batch_size=8, learning_rate=1e-4,
                                 pseudo_size=5, pseudo_weight=0.3)
     labelled, rest, metrics = active_select(

@@ -72,7 +72,7 @@ def test_quantized_model_reloads_in_a_fresh_process(tiny_model_dir, tmp_path, sc
     model, tok = load_pretrained_classifier(tiny_model_dir)
     quantized, metrics = quantize(model, QuantizeParams(scheme=scheme))
     assert scheme_of(quantized) == scheme
-    assert metrics["quantized_linear_layers"] == 2 * 6 + 2  # q,k,v,o,ffn in,ffn out per layer + pooler + classifier
+    assert metrics["quantized_linear_layers"] == 2 * 6 + 1  # q,k,v,o,ffn in,ffn out per layer + classifier (mean head: no pooler)
     assert metrics["quantized_embeddings"] == 3  # word, position, token type
     out = tmp_path / "quantized"
     # The scheme is read off the model, whatever the caller says.
