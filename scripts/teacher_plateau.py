@@ -51,7 +51,7 @@ def encode(tokenizer, rows, max_length: int):
 
 
 def spread_before_training(dev, max_length: int, seed: int) -> None:
-    model, tokenizer = load_pretrained_classifier("minilm-l6", seed=seed)
+    model, tokenizer = load_pretrained_classifier("minilm-l6", seed=seed, pooling="cls")
     enc = encode(tokenizer, dev.head(128), max_length)
     with torch.no_grad():
         out = model.bert(**enc)
@@ -64,7 +64,7 @@ def spread_before_training(dev, max_length: int, seed: int) -> None:
 
 def train_and_score(head: str, train, dev, *, steps: int, seed: int, threads: int, max_length: int) -> None:
     seed_everything(seed, threads)
-    model, tokenizer = load_pretrained_classifier("minilm-l6", seed=seed)
+    model, tokenizer = load_pretrained_classifier("minilm-l6", seed=seed, pooling="cls")
     pool = None
     if head == "mean":
         pool = model.bert.pooler = MeanPool()

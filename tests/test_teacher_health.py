@@ -205,3 +205,20 @@ def test_candidates_limit_what_is_scored_and_picked_and_scores_are_rounded():
     with pytest.raises(Exception, match="candidates"):
         pick(seed_set, pool, oracle, scores, budget=5)
     assert rest["score"].isna().sum() == 2
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_onnx_export_computes_either_head_within_the_parity_tolerance(tiny_model_dir, tmp_path, pooling):
+    from stages import _onnx
+
+    model, tok = load_pretrained_classifier(tiny_model_dir, seed=0, pooling=pooling)
+    torch.manual_seed(3)
+    with torch.no_grad():  # a head with weight, so that a wrong pooling would show in the logits
+        model.classifier.weight.normal_(0, 1.0)
+    save_model(model.eval(), tok, tmp_path / "model", {"stage": "distill"})
+    _onnx.export_model_dir(tmp_path / "model", tmp_path / "onnx", precision="fp32", optimize=True, max_length=24)
+    assert _onnx.check_parity(model, tok, tmp_path / "onnx", max_length=24, tolerance=1e-3) <= 1e-3
+    # The same graph with the other head would not pass: the check can fail.
+    other, _ = load_pretrained_classifier(tiny_model_dir, seed=0, pooling="cls" if pooling == "mean" else "mean")
+    other.load_state_dict(model.state_dict(), strict=False)
+    assert _onnx.logit_difference(other, tok, tmp_path / "onnx", max_length=24) > 1e-3
