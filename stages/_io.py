@@ -139,6 +139,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write text or bytes through atomic_path: a reader (DVC, a browser) never sees a torn file."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(path)
+
+
 def write_pairs(df: pd.DataFrame, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         df.reset_index(drop=True).to_parquet(tmp, index=False)

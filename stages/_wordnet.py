@@ -24,7 +24,7 @@ import textblob.en
 from nlpaug.augmenter.word import SynonymAug
 from nlpaug.util import PartOfSpeech
 
-from stages._io import MissingPackageError
+from stages._io import MissingPackageError, atomic_path, write_atomic
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 DEFAULT_NLTK_DATA = Path(__file__).resolve().parents[1] / ".cache" / "nltk_data"
@@ -130,13 +130,6 @@ def _index_sense_lines(corpus: Path) -> list[str]:
     return sorted(lines, key=lambda line: line.encode())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Write beside the target, then rename: a killed run never leaves a truncated file.
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def ensure_wordnet(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) -> Path:
     """Install WordNet 3.0 for nltk from Debian's files (idempotent); return the corpus directory."""
     missing = [name for name in _WORDNET_FILES if not (source / name).is_file()]
@@ -153,14 +146,13 @@ def ensure_wordnet(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) 
         index_sense.unlink(missing_ok=True)
     for name in stale:
         # Real copies, not symlinks: the cache must survive the system files changing under it.
-        tmp = corpus / f".{name}.tmp{os.getpid()}"
-        shutil.copy2(source / name, tmp)
-        os.replace(tmp, corpus / name)
+        with atomic_path(corpus / name) as tmp:
+            shutil.copy2(source / name, tmp)
     if not index_sense.is_file():
-        _write_atomic(index_sense, "".join(_index_sense_lines(corpus)))
+        write_atomic(index_sense, "".join(_index_sense_lines(corpus)))
     lexnames = corpus / "lexnames"
     if not lexnames.is_file() or lexnames.read_text() != LEXNAMES_TEXT:
-        _write_atomic(lexnames, LEXNAMES_TEXT)
+        write_atomic(lexnames, LEXNAMES_TEXT)
     # nltk reads NLTK_DATA once, at import; put the directory first on its search path directly.
     if str(root) not in nltk.data.path:
         nltk.data.path.insert(0, str(root))

@@ -34,7 +34,6 @@ from stages._models import load_pretrained_classifier
 from stages._params import ActiveSelectParams, load_params
 from stages._training import TrainConfig, checkpoint_dir_for, train
 
-
 # Decimals kept of a stored acquisition score or pseudo-label confidence: enough to rank, few enough
 # that another CPU's last-bit differences round to the same value (and the same data hash).
 SCORE_DECIMALS = 4
