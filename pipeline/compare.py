@@ -28,9 +28,8 @@ import pandas as pd
 
 from pipeline.stats import mcnemar_exact, paired_bootstrap, verdict
 from stages._io import LABEL_NAMES, DataError
+from stages.evaluate import PROB_COLUMNS, SPLITS  # the prediction files' contract, defined where they are written
 
-SPLITS = ("dev", "test")
-PROB_COLUMNS = tuple(f"prob_{name}" for name in LABEL_NAMES)
 PREDICTION_COLUMNS = ("row_id", "label", "pred", *PROB_COLUMNS)
 METRICS = ("accuracy", "macro_f1", "cross_entropy")
 LOWER_IS_BETTER = frozenset({"cross_entropy"})
@@ -287,11 +286,19 @@ def _tracked_at_rev(path: str, rev: str, repo: str | Path | None) -> bool:
 # Sources: what one side's spec points at, and its predictions per split.
 
 
+def prediction_file(model: str, split: str, stage: str = "evaluate") -> str:
+    """Where `stage` (evaluate or evaluate_teacher) writes `model`'s per-example predictions on
+    `split`, relative to the repository root: stages/evaluate.py names them `<model>-<split>.parquet`
+    in the directory dvc.yaml gives it, predictions/<stage>. Every reader builds the path here."""
+    return f"predictions/{stage}/{model}-{split}.parquet"
+
+
 def prediction_paths(model: str, split: str) -> list[str]:
-    """Where the pipeline writes `model`'s predictions, relative to the repository root."""
-    paths = [f"predictions/evaluate/{model}-{split}.parquet"]
+    """Where the pipeline writes `model`'s predictions, relative to the repository root: evaluate's
+    file, and for the teacher also evaluate_teacher's (a teacher-only run has only that one)."""
+    paths = [prediction_file(model, split)]
     if model == FALLBACK_MODEL:
-        paths.append(f"predictions/evaluate_teacher/teacher-{split}.parquet")
+        paths.append(prediction_file(FALLBACK_MODEL, split, "evaluate_teacher"))
     return paths
 
 
@@ -342,12 +349,8 @@ class Source:
 
 def _directory_candidates(model: str, split: str) -> list[str]:
     """A predictions directory may be predictions/evaluate itself, predictions/, or a checkout root."""
-    name = f"{model}-{split}.parquet"
-    out = [name, f"evaluate/{name}"]
-    if model == FALLBACK_MODEL:
-        out.append(f"evaluate_teacher/{name}")
-    out += [str(Path("predictions") / p) for p in (out[1:])]
-    return out
+    full = prediction_paths(model, split)  # predictions/<stage>/<model>-<split>.parquet
+    return [Path(full[0]).name, *(str(Path(p).relative_to("predictions")) for p in full), *full]
 
 
 def make_source(spec: str, repo: str | Path | None = None) -> Source:

@@ -27,6 +27,8 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pipeline._dvc_env import override_value
+from pipeline.compare import prediction_file
 from pipeline.decide import Best, Comparison, Decision, Knobs, Measured, Reference, State, decide, measured_from_metrics
 from pipeline.flows import CONTROLLER_ORIGIN, publish_metrics, run_streaming
 from pipeline.stats import paired_bootstrap, verdict
@@ -60,7 +62,7 @@ def read_measured(repo: str | Path, deployed: str) -> Measured:
 
 
 def dev_predictions_path(repo: str | Path, deployed: str) -> Path:
-    return Path(repo) / "predictions" / "evaluate" / f"{deployed}-dev.parquet"
+    return Path(repo) / prediction_file(deployed, "dev")
 
 
 def read_dev_correct(repo: str | Path, deployed: str) -> pd.Series:
@@ -101,14 +103,6 @@ def grid_verdicts(repo: str | Path) -> dict[str, bool]:
     component -> whether it raised the teacher's accuracy. Empty when the grid has not run."""
     path = Path(repo) / "reports" / "grid" / "verdicts.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def override_value(value: object) -> str:
-    """A value in DVC's `-S` (Hydra) grammar: JSON for scalars, `{key: value}` for mappings
-    (Hydra rejects quoted keys)."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)
 
 
 def exp_run_command(changes: dict[str, object], name: str) -> list[str]:

@@ -25,19 +25,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipeline.targets import Targets
+from pipeline.dag import STAGE_ORDER
+from pipeline.targets import Targets, judge
 
 __all__ = [
     "STAGE_ORDER", "Best", "Comparison", "Decision", "Knobs", "Measured", "Reference", "State", "Targets",
     "adaptive_class_fraction", "decide", "first_stage", "measured_from_metrics", "objective", "target_misses",
 ]
-
-# Pipeline order, so a decision can name the most upstream stage its changes invalidate.
-STAGE_ORDER = [
-    "prepare", "active_select", "augment", "back_translate", "augment_pool", "fine_tune", "evaluate_teacher",
-    "prune", "distill", "quantize", "export", "evaluate", "report_plots",
-]
-
 
 @dataclass(frozen=True)
 class Measured:
@@ -183,18 +177,11 @@ def accuracy_drop_pts(measured: Measured, reference: Reference) -> float:
 
 
 def target_misses(measured: Measured, targets: Targets, reference: Reference) -> list[str]:
-    misses = []
-    if accuracy_drop_pts(measured, reference) > targets.max_accuracy_drop_pts:
-        misses.append("accuracy")
-    if measured.size_ratio < targets.min_size_ratio:
-        misses.append("size")
-    if measured.speedup < targets.min_speedup:
-        misses.append("latency")
-    if targets.min_speedup_b1 is not None and measured.speedup_b1 is not None and measured.speedup_b1 < targets.min_speedup_b1:
-        misses.append("latency_b1")
-    if measured.labelled_fraction > targets.max_labelled_fraction:
-        misses.append("data")
-    return misses
+    """The targets `measured` misses (pipeline.targets.judge), in judge's order."""
+    verdicts = judge(targets, accuracy_drop_pts=accuracy_drop_pts(measured, reference), size_ratio=measured.size_ratio,
+                     speedup=measured.speedup, speedup_b1=measured.speedup_b1,
+                     labelled_fraction=measured.labelled_fraction)
+    return [name for name, met in verdicts.items() if met is False]
 
 
 def adaptive_class_fraction(class_accuracy: dict[str, float], base: float, step: float) -> dict[str, float] | None:
@@ -215,6 +202,7 @@ def adaptive_class_fraction(class_accuracy: dict[str, float], base: float, step:
 
 
 def first_stage(changes: dict[str, object]) -> str | None:
+    """The most upstream stage named by a changed params section (pipeline order: dvc.yaml's)."""
     sections = {key.split(".", 1)[0] for key in changes}
     for stage in STAGE_ORDER:
         if stage in sections:

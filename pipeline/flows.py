@@ -24,13 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from pipeline._dvc_env import LOCK_MARKERS, project_env
-from pipeline.decide import STAGE_ORDER
+from pipeline.dag import GPU_STAGES, STAGE_ORDER
 from pipeline.targets import deployed_name
 from stages._io import atomic_path
 from stages._params import parse_params
-
-# Stages that put a model on the accelerator when there is one.
-GPU_STAGES = {"active_select", "fine_tune", "prune", "distill", "evaluate"}
 
 
 def gpu_limit_name() -> str | None:

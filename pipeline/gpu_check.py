@@ -20,12 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline._dvc_env import override_value
+from pipeline.dag import STAGE_ORDER
 from pipeline.project_copy import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Stage -> where its metrics say the device: "run" (pick_device; evaluate spreads "run" into the top
 # level of evaluate.json) and, for the training stages, the Trainer's own record of where it trained.
+# One entry for each stage of pipeline.dag.GPU_STAGES (tests/test_dag.py checks).
 DEVICE_RECORDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "active_select": (("run", "device"), ("acquisition", "device")),
     "fine_tune": (("run", "device"), ("device",)),
@@ -86,9 +89,9 @@ def accuracy_by_model(evaluate: dict | None) -> dict[str, float]:
 
 
 def read_metrics(repo: Path) -> dict[str, dict | None]:
+    """Stage -> its metrics/<stage>.json, in pipeline order; None where a stage wrote none."""
     out = {}
-    for stage in ("prepare", "active_select", "augment", "back_translate", "augment_pool", "fine_tune", "prune", "distill",
-                  "quantize", "export", "evaluate_teacher", "evaluate"):
+    for stage in STAGE_ORDER:
         path = repo / "metrics" / f"{stage}.json"
         out[stage] = json.loads(path.read_text()) if path.is_file() else None
     return out
@@ -138,7 +141,7 @@ def run_profile(name: str, root: Path, env: dict, device: str) -> tuple[list[str
         _init(repo, env)
         overrides = {"device": device, **GPU_SHORT}
     started = time.perf_counter()
-    sets = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
+    sets = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={override_value(value)}")]
     _run(["dvc", "exp", "run", *sets], repo, env)
     seconds = time.perf_counter() - started
     metrics = read_metrics(repo)

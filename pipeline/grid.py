@@ -46,7 +46,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline._dvc_env import LOCK_MARKERS, project_env
+from pipeline._dvc_env import LOCK_MARKERS, override_value, project_env
 from pipeline.grid_paired import dvc_loader
 from pipeline.grid_tables import collect, profile_of, write_all
 from pipeline.grid_variants import (
@@ -89,20 +89,6 @@ def dvc(
     return result
 
 
-def _format_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if (
-        isinstance(value, str)
-        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", value)
-        and value not in ("true", "false", "null")
-    ):
-        return value
-    return json.dumps(value)
-
-
 def _has_key(params: dict, dotted: str) -> bool:
     node: object = params
     for part in dotted.split("."):
@@ -121,12 +107,12 @@ def set_args(variant: Variant, params: dict, profile: str | None = None) -> list
     """
     args: list[str] = []
     if profile and params.get("profile") != profile:
-        args += ["-S", f"profile={profile}"]
+        args += ["-S", f"profile={override_value(profile)}"]
     if variant.seed is not None:
-        args += ["-S", f"{'' if 'seed' in params else '+'}seed={int(variant.seed)}"]
+        args += ["-S", f"{'' if 'seed' in params else '+'}seed={override_value(int(variant.seed))}"]
     for key, value in variant.overrides.items():
         prefix = "" if _has_key(params, key) else "+"
-        args += ["-S", f"{prefix}{key}={_format_value(value)}"]
+        args += ["-S", f"{prefix}{key}={override_value(value)}"]
     return args
 
 
@@ -140,7 +126,7 @@ def data_dir_args(params: dict, repo: str | Path | None) -> list[str]:
     local_dir = (params.get("data") or {}).get("local_dir")
     if repo is None or not local_dir or Path(local_dir).is_absolute():
         return []
-    return ["-S", f"data.local_dir={(Path(repo).resolve() / local_dir).resolve()}"]
+    return ["-S", f"data.local_dir={override_value(str((Path(repo).resolve() / local_dir).resolve()))}"]
 
 
 def queue_command(variant: Variant, params: dict, profile: str | None = None, target: str | None = None,
@@ -519,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"profile {profile}, {len(chosen)} experiment(s): variant, seed, experiment, tables, last stage, params set"
             )
             for v in chosen:
-                sets = " ".join(f"{k}={_format_value(val)}" for k, val in v.overrides.items()) or "(default params)"
+                sets = " ".join(f"{k}={override_value(val)}" for k, val in v.overrides.items()) or "(default params)"
                 last = target_for(v, stages) or "all"
                 print(f"{v.name:<24} {v.seed:<5} {v.exp_name:<34} {','.join(v.tables):<22} {last:<17} {sets}")
             return 0

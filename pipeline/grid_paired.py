@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from pipeline.compare import compare_predictions, read_at_rev
+from pipeline.compare import SPLITS, compare_predictions, prediction_file, read_at_rev
 from pipeline.grid_variants import TEACHER_TARGET
 
-SPLITS = ("dev", "test")
 # (record, split, model) -> that run's per-example predictions (row_id, label, pred, prob_*); None
 # when the run has no such file. May raise with a message saying why it cannot be read.
 Loader = Callable[[Mapping, str, str], "pd.DataFrame | None"]
@@ -35,9 +34,7 @@ def prediction_path(model: str, split: str) -> str:
     and full runs alike), the compressed models' from `evaluate`."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if model == "teacher":
-        return f"predictions/{TEACHER_TARGET}/teacher-{split}.parquet"
-    return f"predictions/evaluate/{model}-{split}.parquet"
+    return prediction_file(model, split, TEACHER_TARGET if model == "teacher" else "evaluate")
 
 
 def dvc_loader(repo: str = ".") -> Loader:

@@ -7,9 +7,10 @@ as markdown + CSV, with verdicts.json (what the controller reads), verdict_detai
 accuracy-vs-label-fraction rows and the PNGs. Nothing here runs DVC experiments, so
 `python -m pipeline.grid tables` rewrites the tables at any time.
 
-Seeds: a row's runs are its experiments `grid-<slug>-s<seed>` (pipeline.grid_variants); every
-accuracy is the mean over the row's seeds with a 95 % Student-t interval (pipeline.stats.mean_ci);
-a row with one seed shows its single value and says n=1. Quality figures are TEST figures (the
+Seeds: a row's runs are its experiments `grid-<slug>-s<seed>` (pipeline.grid_variants), each
+counted at the `seed` its params record; every accuracy is the mean over the row's seeds with a
+95 % Student-t interval (pipeline.stats.mean_ci); a row with one seed shows its single value and
+says n=1. Quality figures are TEST figures (the
 test split reports); the verdicts and the claims' decisions come from the paired DEV comparison
 (pipeline.grid_paired), never from test numbers.
 """
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.dag import STAGE_ORDER, upstream
 from pipeline.grid_paired import Loader, compare_runs
 from pipeline.grid_variants import (
     GRID,
@@ -37,6 +38,7 @@ from pipeline.grid_variants import (
     split_exp_name,
 )
 from pipeline.stats import mean_ci
+from stages._io import write_atomic
 
 TABLE_FILES = {
     "main": "table1_main",
@@ -51,13 +53,15 @@ FRACTION_FILE = "accuracy_vs_label_fraction.json"
 VERDICTS_FILE = "verdicts.json"
 VERDICT_DETAILS_FILE = "verdict_details.json"
 NOT_RUN = "not run"
-# Stages whose `seconds` make up training time (prepare has none; evaluate is not training).
-TEACHER_STAGES = ("active_select", "augment", "back_translate", "fine_tune")
-DEPLOY_STAGES = (*TEACHER_STAGES, "prune", "distill", "quantize")
+# Stages whose `seconds` make up training time: those the teacher's / the deployed model's training
+# needs, from dvc.yaml (prepare records no seconds; evaluate is not training).
+TEACHER_STAGES = upstream("fine_tune")
+DEPLOY_STAGES = upstream("quantize")
 # Stages whose `seconds` a run's stage time sums: a teacher-only run stops at evaluate_teacher (its
-# prune/distill/... metrics are the baseline's, carried along, so they are not its time).
-TEACHER_RUN_STAGES = ("prepare", *TEACHER_STAGES, TEACHER_TARGET)
-FULL_RUN_STAGES = (*TEACHER_RUN_STAGES, "prune", "distill", "quantize", "evaluate", "evaluate_timing")
+# prune/distill/... metrics are the baseline's, carried along, so they are not its time); a full run
+# runs them all (evaluate_timing: evaluate's second metrics file).
+TEACHER_RUN_STAGES = upstream(TEACHER_TARGET)
+FULL_RUN_STAGES = (*STAGE_ORDER, "evaluate_timing")
 COMPRESSION_ROWS = (
     ("teacher", "teacher"),
     ("+pruning", "pruned"),
@@ -366,29 +370,36 @@ def _usable(record: Mapping | None) -> bool:
     return record is not None and record.get("state") in ("success", "baseline")
 
 
+def run_seed(record: Mapping, named: int) -> int:
+    """The seed a run used: its params' `seed` (every grid run sets it); the one its name carries
+    only when DVC recorded no params for it (a queued or failed run may have none)."""
+    seed = record.get("params", {}).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else named
+
+
 def row_runs(records: Sequence[dict], grid: Sequence[Variant]) -> dict[str, RowRuns]:
-    """Row name -> its runs: experiments named `<row>-s<seed>` (names without a seed suffix, from
-    before seeds were an axis, never count). `sec` without any run falls back to the baseline
-    commit's own metrics (the default params, committed) as a single seed."""
+    """Row name -> its runs by seed: experiments named `<row>-s<seed>` (names without a seed suffix,
+    from before seeds were an axis, never count), each at the seed its params say. `sec` without
+    any run falls back to the baseline commit's own metrics (the default params, committed) as a
+    single seed."""
     stems = {v.row_name: v for v in grid}
     out = {v.name: RowRuns(v) for v in grid}
     for name, rec in _newest_by_name(records).items():
         parsed = split_exp_name(name)
         if parsed is None or parsed[0] not in stems:
             continue
-        runs = out[stems[parsed[0]].name]
+        runs, seed = out[stems[parsed[0]].name], run_seed(rec, parsed[1])
         if _usable(rec):
-            runs.ok[parsed[1]] = rec
+            runs.ok[seed] = rec
         else:
-            runs.other[parsed[1]] = str(rec.get("state") or "unknown")
+            runs.other[seed] = str(rec.get("state") or "unknown")
     for runs in out.values():
         runs.label = _exp_label(runs.row, sorted(runs.ok) or sorted(runs.other))
     sec = out.get("sec")
     if sec is not None and not sec.ok and not sec.other:
         for base in records:
             if base.get("is_baseline") and not math.isnan(_metric(base, "evaluate.models.quantized.test.accuracy")):
-                seed = base.get("params", {}).get("seed")
-                sec.ok[int(seed) if isinstance(seed, int) else 0] = base
+                sec.ok[run_seed(base, 0)] = base
                 sec.label = f"baseline {base['name']} ({str(base['rev'])[:7]})"
                 break
     return out
@@ -429,6 +440,28 @@ def _teacher_acc(rec: dict) -> float:
 # The tables.
 
 
+@dataclass
+class GridRuns:
+    """What every table reads: the grid's rows and their runs, and the all-labels teacher's mean test
+    accuracy that the accuracy deltas are taken against."""
+
+    grid: Sequence[Variant]
+    runs: dict[str, RowRuns]
+
+    def of(self, name: str) -> RowRuns:
+        """A row's runs; a row the grid lacks has none (every table then says "not run")."""
+        found = self.runs.get(name)
+        return found if found is not None else RowRuns(Variant("missing", ""))
+
+    @cached_property
+    def all_labels_accuracy(self) -> float:
+        return self.of("all-labels").mean(_teacher_acc)
+
+    def delta_pts(self, acc_mean: float) -> float:
+        """Test accuracy points against the all-labels teacher's mean."""
+        return _round(_pct(acc_mean - self.all_labels_accuracy))
+
+
 def tables(
     records: Sequence[dict], grid: Sequence[Variant] | None = None, *, load: Loader | None = None
 ) -> dict[str, pd.DataFrame]:
@@ -438,22 +471,18 @@ def tables(
     if grid is None:
         profile = profile_of(records)
         grid = grid_for(profile, default_budget=_default_budget(records, profile))
-    runs = row_runs(records, grid)
-    empty = RowRuns(Variant("missing", ""))
+    runs = GridRuns(grid, row_runs(records, grid))
+    return {
+        "main": main_table(runs), "data": data_table(runs, load), "compression": compression_table(runs),
+        "curve": curve_table(runs), "claims": claims_table(runs, load), "compute": compute_table(runs),
+    }  # fmt: skip
 
-    def of(name: str) -> RowRuns:
-        return runs.get(name, empty)
 
-    all_runs = of("all-labels")
-    all_acc = all_runs.mean(_teacher_acc)
+def main_table(runs: GridRuns) -> pd.DataFrame:
+    """Table 1: the all-labels teacher and the SEC deployed model, then the published anchors."""
+    all_runs, sec_runs = runs.of("all-labels"), runs.of("sec")
     all_labels = all_runs.mean(lambda r: _metric(r, "active_select.labelled_rows"))
-
-    def delta_pts(acc_mean: float) -> float:
-        return _round(_pct(acc_mean - all_acc))
-
-    # Table 1 ----------------------------------------------------------------------------------
-    sec_runs = of("sec")
-    main_rows = []
+    rows = []
     for system, rr, model, stages in (
         ("All-labels teacher", all_runs, "teacher", TEACHER_STAGES),
         ("SEC deployed (quantized)", sec_runs, "quantized", DEPLOY_STAGES),
@@ -472,7 +501,7 @@ def tables(
             speedup = rr.ci(lambda r, m=model: model_metric(r, m, "speedup"))
         acc = rr.ci(lambda r, m=model: model_metric(r, m, "test.accuracy"))
         labelled = rr.mean(lambda r: _metric(r, "active_select.labelled_rows"))
-        main_rows.append(
+        rows.append(
             {
                 "source": "measured",
                 "system": system,
@@ -489,19 +518,21 @@ def tables(
                 "test_perplexity": _round(rr.mean(lambda r, m=model: model_metric(r, m, "test.perplexity")), 3),
                 "size_ratio_x": _round(size_ratio, 3),
                 **_ci_cells("speedup_x", speedup, 1, 3),
-                "accuracy_delta_pts": delta_pts(acc[0]),
+                "accuracy_delta_pts": runs.delta_pts(acc[0]),
                 "data_saved_pct": _round(_pct(1 - labelled / all_labels)) if all_labels else math.nan,
                 "note": "" if rr.ok else f"{rr.label}: {rr.status}",
             }
         )
     for ref in PUBLISHED:
-        main_rows.append({"source": "published", "experiment": "", "status": "published", **ref})
-    main = pd.DataFrame(main_rows).reindex(columns=MAIN_COLUMNS)
+        rows.append({"source": "published", "experiment": "", "status": "published", **ref})
+    return pd.DataFrame(rows).reindex(columns=MAIN_COLUMNS)
 
-    # Table 2 ----------------------------------------------------------------------------------
-    data_rows = []
-    for variant in (v for v in grid if "data" in v.tables):
-        rr = of(variant.name)
+
+def data_table(runs: GridRuns, load: Loader | None) -> pd.DataFrame:
+    """Table 2: each data variant's teacher, and whether it helped over its parent row on dev."""
+    rows = []
+    for variant in (v for v in runs.grid if "data" in v.tables):
+        rr = runs.of(variant.name)
         acc = rr.ci(_teacher_acc)
         pseudo = rr.mean(lambda r: _metric(r, "active_select.pseudo_rows"))
         if rr.ok and math.isnan(pseudo):
@@ -521,7 +552,7 @@ def tables(
             **_ci_cells("test_accuracy_pct", acc, 100),
             "test_macro_f1_pct": _round(_pct(rr.mean(lambda r: teacher_metric(r, "test.macro_f1")))),
             "test_perplexity": _round(rr.mean(lambda r: teacher_metric(r, "test.perplexity")), 3),
-            "accuracy_delta_pts": delta_pts(acc[0]),
+            "accuracy_delta_pts": runs.delta_pts(acc[0]),
             "parent": variant.parent or "",
             "paired_seeds": math.nan,
             **_ci_cells("dev_delta_vs_parent_pts", (math.nan,) * 3),
@@ -532,7 +563,7 @@ def tables(
             if load is None:
                 result = {"verdict": "n/a", "seeds": []}
             else:
-                result = compare_runs(of(variant.parent).ok, rr.ok, "dev", load)
+                result = compare_runs(runs.of(variant.parent).ok, rr.ok, "dev", load)
             row.update(
                 {
                     "paired_seeds": len(result["seeds"]) if result["seeds"] else math.nan,
@@ -541,17 +572,20 @@ def tables(
                     "helped": result["verdict"],
                 }
             )
-        data_rows.append(row)
-    data = pd.DataFrame(data_rows).reindex(columns=DATA_COLUMNS)
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=DATA_COLUMNS)
 
-    # Table 3 ----------------------------------------------------------------------------------
-    comp_rows = []
+
+def compression_table(runs: GridRuns) -> pd.DataFrame:
+    """Table 3: the `sec` runs' models, one compression step added per row."""
+    sec_runs = runs.of("sec")
+    rows = []
     for step, model in COMPRESSION_ROWS:
 
         def m(key: str, model=model) -> Callable[[dict], float]:
             return lambda r: model_metric(r, model, key)
 
-        comp_rows.append(
+        rows.append(
             {
                 "step": step,
                 "model": model,
@@ -570,15 +604,18 @@ def tables(
                 "accuracy_delta_pts": _round(sec_runs.mean(lambda r, model=model: _metric(r, f"evaluate.models.{model}.test.accuracy_delta_pts"))),
             }
         )  # fmt: skip
-    compression = pd.DataFrame(comp_rows).reindex(columns=COMPRESSION_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=COMPRESSION_COLUMNS)
 
-    # Table 4 ----------------------------------------------------------------------------------
-    curve_rows = []
-    for variant in (v for v in grid if "curve" in v.tables):
-        rr = of(variant.name)
-        strategy = {"entropy": "active", "margin": "active (margin)", "all": "all-labels"}.get(
-            variant.strategy, variant.strategy
-        )
+
+CURVE_STRATEGIES = {"entropy": "active", "margin": "active (margin)", "all": "all-labels"}
+CURVE_ORDER = {"random": 0, "active": 1, "active (margin)": 2, "all-labels": 3}
+
+
+def curve_table(runs: GridRuns) -> pd.DataFrame:
+    """Table 4: test accuracy against the label fraction, random then active, by budget."""
+    rows = []
+    for variant in (v for v in runs.grid if "curve" in v.tables):
+        rr = runs.of(variant.name)
         budget = rr.mean(lambda r: _metric(r, "active_select.budget"))
         if variant.strategy == "all":
             budget = rr.mean(lambda r: _metric(r, "active_select.pool_rows"))
@@ -586,37 +623,38 @@ def tables(
             planned = variant.overrides.get("active_select.budget")
             budget = _num(planned) if planned is not None else math.nan
         acc = rr.ci(_teacher_acc)
-        curve_rows.append(
+        rows.append(
             {
                 "variant": variant.name,
                 "experiment": rr.label,
                 "status": rr.status,
                 "seeds": rr.seeds,
-                "strategy": strategy,
+                "strategy": CURVE_STRATEGIES.get(variant.strategy, variant.strategy),
                 "budget": budget,
                 "labelled_examples": rr.mean(lambda r: _metric(r, "active_select.labelled_rows")),
                 "label_fraction_pct": _round(_pct(rr.mean(label_fraction))),
                 **_ci_cells("test_accuracy_pct", acc, 100),
                 "test_macro_f1_pct": _round(_pct(rr.mean(lambda r: teacher_metric(r, "test.macro_f1")))),
-                "accuracy_delta_pts": delta_pts(acc[0]),
+                "accuracy_delta_pts": runs.delta_pts(acc[0]),
             }
         )
-    order = {"random": 0, "active": 1, "active (margin)": 2, "all-labels": 3}
-    curve_rows.sort(key=lambda r: (order.get(r["strategy"], 9), math.inf if math.isnan(r["budget"]) else r["budget"]))
-    curve = pd.DataFrame(curve_rows).reindex(columns=CURVE_COLUMNS)
+    rows.sort(key=lambda r: (CURVE_ORDER.get(r["strategy"], 9), math.inf if math.isnan(r["budget"]) else r["budget"]))
+    return pd.DataFrame(rows).reindex(columns=CURVE_COLUMNS)
 
-    # Claims -----------------------------------------------------------------------------------
-    claim_rows = []
-    for claim in claims_for(grid):
+
+def claims_table(runs: GridRuns, load: Loader | None) -> pd.DataFrame:
+    """The claims: each paired comparison of grid_variants.claims_for on dev (decides) and test (reports)."""
+    rows = []
+    for claim in claims_for(runs.grid):
         for split in ("dev", "test"):
             if load is None:
                 result = {"seeds": [], "examples": math.nan, "verdict": "n/a", "note": "paired comparisons skipped"}
             else:
                 result = compare_runs(
-                    of(claim.baseline).ok, of(claim.variant).ok, split, load,
+                    runs.of(claim.baseline).ok, runs.of(claim.variant).ok, split, load,
                     baseline_model=claim.baseline_model, variant_model=claim.variant_model,
                 )  # fmt: skip
-            claim_rows.append(
+            rows.append(
                 {
                     "claim": claim.name,
                     "split": split,
@@ -632,23 +670,21 @@ def tables(
                     "note": result.get("note", ""),
                 }
             )  # fmt: skip
-    claims = pd.DataFrame(claim_rows).reindex(columns=CLAIM_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
 
-    # Stage time -------------------------------------------------------------------------------
-    compute_rows = []
+
+def compute_table(runs: GridRuns) -> pd.DataFrame:
+    """Stage time: each row's summed stage seconds over its runs, and the grid's total."""
+    rows = []
     all_seconds: list[float] = []
-    for variant in grid:
+    for variant in runs.grid:
         stages = TEACHER_RUN_STAGES if variant.teacher_only else FULL_RUN_STAGES
-        minutes = [train_minutes(rec, stages) for rec in of(variant.name).ok.values()]
+        minutes = [train_minutes(rec, stages) for rec in runs.of(variant.name).ok.values()]
         minutes = [m for m in minutes if not math.isnan(m)]
         all_seconds += [m * 60 for m in minutes]
-        compute_rows.append(_compute_row(variant.name, minutes))
-    compute_rows.append(_compute_row("total", [s / 60 for s in all_seconds]))
-    compute = pd.DataFrame(compute_rows).reindex(columns=COMPUTE_COLUMNS)
-
-    return {
-        "main": main, "data": data, "compression": compression, "curve": curve, "claims": claims, "compute": compute,
-    }  # fmt: skip
+        rows.append(_compute_row(variant.name, minutes))
+    rows.append(_compute_row("total", [s / 60 for s in all_seconds]))
+    return pd.DataFrame(rows).reindex(columns=COMPUTE_COLUMNS)
 
 
 def _compute_row(name: str, minutes: Sequence[float]) -> dict:
@@ -661,12 +697,9 @@ def _compute_row(name: str, minutes: Sequence[float]) -> dict:
     }
 
 
-def fraction_rows(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> list[dict]:
-    """Points for an accuracy-vs-label-fraction plot: {strategy, label_fraction (0..1), accuracy (% test, mean over seeds)}."""
-    return _fraction_rows(tables(records, grid)["curve"])
-
-
-def _fraction_rows(curve: pd.DataFrame) -> list[dict]:
+def fraction_rows(curve: pd.DataFrame) -> list[dict]:
+    """Table 4's rows that ran, as points for the accuracy-vs-label-fraction plot:
+    {strategy, label_fraction (0..1), accuracy (% test, mean over seeds)}."""
     rows = []
     for row in curve.itertuples(index=False):
         if not row.status.startswith("ok") or math.isnan(row.label_fraction_pct) or math.isnan(row.test_accuracy_pct):
@@ -683,18 +716,6 @@ def _fraction_rows(curve: pd.DataFrame) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------
 # Writing.
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 INT_COLUMNS = {"labelled_examples", "pseudo_rows", "train_rows", "params", "budget", "seeds", "paired_seeds",
@@ -795,18 +816,12 @@ def write_tables(frames: dict[str, pd.DataFrame], out_dir: str | Path) -> list[P
     written = []
     for key, frame in frames.items():
         path = out / f"{TABLE_FILES.get(key, key)}.csv"
-        _atomic_write(path, frame.to_csv(index=False))
+        write_atomic(path, frame.to_csv(index=False))
         written.append(path)
     path = out / "tables.md"
-    _atomic_write(path, markdown(frames))
+    write_atomic(path, markdown(frames))
     written.append(path)
     return written
-
-
-def write_fraction_rows(records: Sequence[dict], path: str | Path, grid: Sequence[Variant] | None = None) -> Path:
-    path = Path(path)
-    _atomic_write(path, json.dumps(fraction_rows(records, grid), indent=2) + "\n")
-    return path
 
 
 def tradeoff_rows(records: Sequence[dict], grid: Sequence[Variant] | None = None) -> list[dict]:
@@ -895,11 +910,11 @@ def write_all(
         (VERDICT_DETAILS_FILE, verdict_details(frames["data"])),
     ):
         path = Path(out_dir) / name
-        _atomic_write(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
+        write_atomic(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
         written.append(path)
-    fraction = _fraction_rows(frames["curve"])
+    fraction = fraction_rows(frames["curve"])
     path = Path(out_dir) / FRACTION_FILE
-    _atomic_write(path, json.dumps(fraction, indent=2) + "\n")
+    write_atomic(path, json.dumps(fraction, indent=2) + "\n")
     written.append(path)
     if log is not None:
         missing = [f"{r.claim} ({r.split}): {r.note}" for r in frames["claims"].itertuples() if r.verdict == "n/a"]

@@ -29,6 +29,7 @@ pipeline.grid runs them; pipeline.grid_tables turns their `dvc exp show` records
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,23 +40,57 @@ from stages._profiles import PROFILES
 
 EXP_PREFIX = "grid-"
 TABLES = ("main", "data", "compression", "curve")
-# Profile-dependent sizes. curve_budgets: pool pairs labelled for the label-fraction curve, chosen
-# for 30 / ~51 / 70 % of the labelable pairs (seed + pool; the dev split is held out before either
-# is drawn). cpu: 9,830 offline pairs - 1,000 dev = 1,000 seed + 7,830 pool = 8,830 labelable, so
-# 1649 / 3500 / 5181 give 2,649 / 4,500 / 6,181 labels = 30.0 / 51.0 / 70.0 %; its own budget (2000)
-# is 34.0 %. gpu, on the offline pairs: 2,000 dev, 2,000 seed + 5,830 pool = 7,830 labelable, so
-# 349 / 2000 / 3481 give 30.0 / 51.1 / 70.0 %. tiny: 24 seed + 36 pool = 60 labelable (its 12 dev
-# pairs come out before), so 6 / 18 give 50 / 70 % (the seed set alone is 40 %; its own budget 12
-# is 60 %). The largest curve budget is the 70 % point whose random@N / active@N rows are claims.
-# pseudo_size: pool pairs pseudo-labelled in `active+pseudo`, at most the pool left after the
-# profile's budget. matched_steps: the optimizer steps of the all-labels teacher (cpu: 8,830 rows /
-# batch 16 = 552 a epoch, 2 epochs = 1,104), given to the largest active budget in
-# `active@N+steps` so fewer labels do not also mean fewer steps (None: no such row).
+# The distinct training pairs of the offline files the cpu and gpu profiles pool: train.parquet
+# (9,830) and train_20k.parquet (19,998), after prepare drops repeats and test pairs (prepare.json's
+# `train_pairs_available`; tests/test_grid.py checks it against the committed metrics). A profile
+# with `pool_size: 0` pools every pair left after dev and seed, a count only the data knows.
+OFFLINE_PAIRS = 29_828
+# Per profile, what the grid chooses rather than derives. curve_fractions: the label fractions of the
+# label-fraction curve (labelled pairs over labelable ones); tiny's seed set alone is 40 % of its
+# pairs, so its curve starts at 50 %. The largest is the claim point (70 %) whose random@N /
+# active@N rows are claims. pseudo_size: pool pairs pseudo-labelled in `active+pseudo`, at most the
+# pool left after the profile's budget. matched_steps: whether the grid has `active@N+steps`, the
+# claim budget trained for the all-labels teacher's optimizer steps (matched_steps(profile)).
 PROFILE_SETTINGS: dict[str, dict] = {
-    "cpu": {"pseudo_size": 2000, "curve_budgets": (1649, 3500, 5181), "matched_steps": 1104},
-    "gpu": {"pseudo_size": 1500, "curve_budgets": (349, 2000, 3481), "matched_steps": None},
-    "tiny": {"pseudo_size": 12, "curve_budgets": (6, 18), "matched_steps": None},
+    "cpu": {"pseudo_size": 2000, "curve_fractions": (0.30, 0.51, 0.70), "matched_steps": True},
+    "gpu": {"pseudo_size": 1500, "curve_fractions": (0.30, 0.51, 0.70), "matched_steps": False},
+    "tiny": {"pseudo_size": 12, "curve_fractions": (0.50, 0.70), "matched_steps": False},
 }
+
+
+def labelable_pairs(profile: str) -> int:
+    """Pairs a run of `profile` could label, seed + pool (the dev split comes out before either is
+    drawn), from stages._profiles.PROFILES; a pool of 0 (all) counts OFFLINE_PAIRS."""
+    data = PROFILES[profile]["data"]
+    if data["pool_size"]:
+        return data["seed_size"] + data["pool_size"]
+    return OFFLINE_PAIRS - data["dev_size"]
+
+
+def curve_budgets(profile: str) -> tuple[int, ...]:
+    """Pool pairs to label so that seed + budget is each of the profile's curve fractions of the
+    labelable pairs (rounded to a pair); a fraction the seed set alone reaches has no point."""
+    labelable, seed = labelable_pairs(profile), PROFILES[profile]["data"]["seed_size"]
+    budgets = (round(f * labelable) - seed for f in PROFILE_SETTINGS[profile]["curve_fractions"])
+    return tuple(b for b in budgets if b > 0)
+
+
+def matched_steps(profile: str) -> int | None:
+    """The all-labels teacher's optimizer steps (every labelable pair, no augmentation: the Trainer's
+    ceil(epochs * ceil(rows / batch))), or None when the profile's grid has no `+steps` row."""
+    if not PROFILE_SETTINGS[profile]["matched_steps"]:
+        return None
+    fine_tune = PROFILES[profile]["fine_tune"]
+    return math.ceil(fine_tune["epochs"] * math.ceil(labelable_pairs(profile) / fine_tune["batch_size"]))
+
+
+def scored_for(budget: int, profile: str) -> dict[str, object]:
+    """The override an entropy row at `budget` needs: every pool pair scored (candidates 0) when the
+    profile scores fewer candidates than it buys (active_select refuses such a budget)."""
+    candidates = PROFILES[profile]["active_select"]["candidates"]
+    return {"active_select.candidates": 0} if 0 < candidates < budget else {}
+
+
 DEFAULT_SEEDS = 3
 
 
@@ -125,11 +160,6 @@ def split_exp_name(name: str) -> tuple[str, int] | None:
     return (match["row"], int(match["seed"])) if match else None
 
 
-def seeds_for(variant: Variant, base_seed: int, seeds: int) -> list[int]:
-    """The seeds a row runs at: base_seed.. for a claim row, base_seed alone for the others."""
-    return [base_seed + i for i in range(seeds if variant.claim else 1)]
-
-
 def seeded(rows: Sequence[Variant], base_seed: int, seeds: int = DEFAULT_SEEDS) -> list[Variant]:
     """Every run of `rows`, seed-major: all rows at the base seed first, then the claim rows' repeats,
     so a queue stopped half-way has left a complete one-seed grid rather than three seeds of a few rows."""
@@ -160,8 +190,8 @@ def grid_for(
     settings = PROFILE_SETTINGS[profile]
     if default_budget is None:
         default_budget = PROFILES[profile]["active_select"]["budget"]
-    curve_budgets = [int(b) for b in (budgets if budgets is not None else settings["curve_budgets"])]
-    claim_budget = max(curve_budgets) if curve_budgets else None
+    points = [int(b) for b in (budgets if budgets is not None else curve_budgets(profile))]
+    claim_budget = max(points) if points else None
     at_budget = {"active_select.budget": None}  # null: the profile's budget (or params.yaml's value)
     variants = [
         Variant(
@@ -221,30 +251,33 @@ def grid_for(
         ),
     ]
     for strategy, label in (("random", "random"), ("entropy", "active")):
-        for budget in curve_budgets:
+        for budget in points:
             if budget == default_budget:
                 continue  # the `random` / `active` row is this point
+            scored = scored_for(budget, profile) if strategy == "entropy" else {}
             variants.append(
                 Variant(
                     f"{label}@{budget}",
                     f"{label} selection of {budget} pool pairs, no augmentation",
-                    {"active_select.strategy": strategy, "active_select.budget": budget, **NO_AUGMENTATION},
+                    {"active_select.strategy": strategy, "active_select.budget": budget, **scored, **NO_AUGMENTATION},
                     ("curve",),
                     claim=budget == claim_budget,
                 )
             )
-    if settings["matched_steps"] and claim_budget is not None:
+    steps = matched_steps(profile)
+    if steps and claim_budget is not None:
         same_budget = f"active@{claim_budget}" if claim_budget != default_budget else "active"
         variants.append(
             Variant(
                 f"active@{claim_budget}+steps",
                 f"active selection of {claim_budget} pool pairs trained for the all-labels teacher's "
-                f"{settings['matched_steps']} optimizer steps, no augmentation",
+                f"{steps} optimizer steps, no augmentation",
                 {
                     "active_select.strategy": "entropy",
                     "active_select.budget": claim_budget,
+                    **scored_for(claim_budget, profile),
                     **NO_AUGMENTATION,
-                    "fine_tune.max_steps": settings["matched_steps"],
+                    "fine_tune.max_steps": steps,
                 },
                 ("data",),
                 parent=same_budget,  # the same labels at the usual steps: what the extra steps bought

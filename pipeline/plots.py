@@ -20,6 +20,8 @@ from typing import Any
 
 import vl_convert as vlc
 
+from stages._io import write_atomic
+
 # DVC's vega templates (dvc_render.vega_templates) declare the Vega-Lite v5 schema; we use v5 for our
 # own specs too, so vega-embed and the PNG renderer see one major version everywhere.
 VL_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
@@ -72,22 +74,6 @@ def _vl_version() -> str | None:
     return max(v5, key=lambda v: tuple(int(p) for p in v.split("."))) if v5 else None
 
 
-def _atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write via a temp file in the same directory + rename, so readers (DVC, a browser) never see a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are mode 0600; open() keeps the usual umask-based mode.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def offline_html_template() -> str:
     """The DVC HTML template text, with vega + vega-lite + vega-embed inlined from vl-convert."""
     version = _vl_version()
@@ -107,13 +93,13 @@ def offline_html_template() -> str:
 
 def write_offline_html_template(path: str | os.PathLike[str]) -> Path:
     """Write the offline template for `dvc plots show --html-template PATH` / config `plots.html_template`."""
-    return _atomic_write(path, offline_html_template().encode("utf-8"))
+    return write_atomic(path, offline_html_template().encode("utf-8"))
 
 
 def render_png(spec: Mapping[str, Any], path: str | os.PathLike[str], scale: float = 2.0) -> Path:
     """Render a Vega-Lite spec to PNG (no browser, no network: remote data URLs are refused)."""
     png = vlc.vegalite_to_png(dict(spec), vl_version=_vl_version(), scale=scale, allowed_base_urls=[])
-    return _atomic_write(path, png)
+    return write_atomic(path, png)
 
 
 def _check_rows(rows: Iterable[Mapping[str, Any]], keys: Sequence[str], source: str) -> list[dict[str, Any]]:

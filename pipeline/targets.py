@@ -27,6 +27,30 @@ class Targets(BaseModel):
     max_labelled_fraction: float = Field(gt=0, le=1)  # labelled pairs / pairs available, at most
 
 
+def judge(targets: Targets, *, accuracy_drop_pts: float, size_ratio: float, speedup: float,
+          speedup_b1: float | None = None, labelled_fraction: float | None = None) -> dict[str, bool | None]:
+    """Each target -> met (True), missed (False) or not judged (None: no such target, or nothing
+    measured for it, e.g. a timing file without batch-1 latency), in the order accuracy, size,
+    latency, latency_b1, data.
+
+    The one place a measurement is held against a target: the controller (decide.target_misses)
+    and scripts/benchmark.py both call it. A value exactly at its target meets it.
+    """
+    def at_most(value: float | None, bound: float | None) -> bool | None:
+        return None if value is None or bound is None else value <= bound
+
+    def at_least(value: float | None, bound: float | None) -> bool | None:
+        return None if value is None or bound is None else value >= bound
+
+    return {
+        "accuracy": at_most(accuracy_drop_pts, targets.max_accuracy_drop_pts),
+        "size": at_least(size_ratio, targets.min_size_ratio),
+        "latency": at_least(speedup, targets.min_speedup),
+        "latency_b1": at_least(speedup_b1, targets.min_speedup_b1),
+        "data": at_most(labelled_fraction, targets.max_labelled_fraction),
+    }
+
+
 class ControllerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_iterations: int = Field(default=3, ge=0, le=20)

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipeline.decide import STAGE_ORDER
+from pipeline.dag import STAGE_ORDER
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from stages._determinism import seed_everything  # noqa: E402
+from stages._determinism import cpu_info, seed_everything  # noqa: E402
 from stages._device import pick_device  # noqa: E402
 from stages._io import read_pairs  # noqa: E402
 from stages._models import load_pretrained_classifier  # noqa: E402
@@ -71,13 +71,6 @@ def time_steps(models: dict, batches: list[dict], device: torch.device, lr: floa
     return seconds
 
 
-def cpu_model() -> str:
-    try:
-        return next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    except OSError:
-        return "?"
-
-
 def cpu_flags() -> str:
     """The CPU features bf16 speed depends on (AVX-512 BF16, AMX)."""
     try:
@@ -108,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                             max_length=args.max_length, seed=params.seed)
     seconds = time_steps(models, batches, device)
     median = {arm: statistics.median(s[args.warmup:] or s) for arm, s in seconds.items()}
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()} ({cpu_flags()})"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_info()['model']} ({cpu_flags()})"
     print(f"{where}; {torch.get_num_threads()} threads; {args.model}; {args.steps} steps of batch {args.batch_size} "
           f"per arm (+{args.warmup} warm-up), interleaved, same batches; torch {torch.__version__}")
     for arm in ARMS:

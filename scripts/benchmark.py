@@ -20,8 +20,6 @@ CPU model and thread count are printed).
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,76 +28,36 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.targets import Targets, load_targets  # noqa: E402
+from pipeline.targets import Targets, judge, load_targets  # noqa: E402
+from pipeline.timing import backend_of, summarise_rounds, time_rounds  # noqa: E402
+from stages._determinism import cpu_info  # noqa: E402
 from stages._io import read_pairs  # noqa: E402
-from stages._models import OnnxModel, load_model  # noqa: E402
+from stages._models import load_model  # noqa: E402
 from stages._params import EvaluateParams  # noqa: E402
-from stages.evaluate import DEPLOYED_BY_BACKEND, REFERENCE, evaluate, time_models  # noqa: E402
+from stages.evaluate import DEPLOYED_BY_BACKEND, REFERENCE, evaluate  # noqa: E402
 
 DEFAULT_CANDIDATES = ("quantized=models/quantized", "onnx_fp32=models/onnx/fp32", "onnx_int8=models/onnx/int8")
-
-
-def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The CPU's "model name" from /proc/cpuinfo (Linux); platform's guess elsewhere."""
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def spread(values: list[float]) -> dict:
-    """Median, min and max of one ratio over rounds."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def summarise_rounds(rounds: list[dict]) -> dict[str, dict]:
-    """rounds: [time_models(...) output] -> {model: {latency/speed-up key: spread over rounds}}."""
-    keys = ("latency_ms_b32", "latency_ms_b1_p50", "latency_ms_b1_p95", "speedup", "speedup_b1_p50")
-    return {name: {k: spread([r[name][k] for r in rounds]) for k in keys} for name in rounds[0]}
-
-
-def time_rounds(models: dict, splits: dict, timing_params: EvaluateParams, *, rounds: int, max_length: int,
-                seed: int) -> list[dict]:
-    """`rounds` separate time_models rounds (raw, for summarise_rounds or per-round ratios).
-
-    Each round prints its candidates' speed-ups over the reference (batch 32 / batch-1 p50) as it
-    ends, so a long benchmark shows progress and a round that went wrong stands out.
-    """
-    timed = []
-    for r in range(rounds):
-        timed.append(time_models(models, splits, timing_params, max_length=max_length, seed=seed))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(
-            f"{n} {t['speedup']:.2f}x/{t['speedup_b1_p50']:.2f}x" for n, t in timed[-1].items() if n != REFERENCE), flush=True)
-    return timed
 
 
 def verdicts(candidate: dict, targets: Targets) -> list[tuple[str, str, bool | None]]:
     """(measure, measured vs target, met) for the accuracy target, then the three ratios.
 
     candidate: accuracy_delta_pts (candidate minus teacher, points), size_ratio, speedup (batch 32)
-    and speedup_b1 (batch-1 p50; None when not measured). met is None where there is no target.
+    and speedup_b1 (batch-1 p50; None when not measured). met: pipeline.targets.judge's verdict,
+    None where there is no target or nothing was measured.
     """
     drop = 0.0 - candidate["accuracy_delta_pts"]  # 0.0 - x: no "-0.00" when nothing was lost
-    rows = [
-        ("accuracy", f"{drop:+.2f} pts lost (target <= {targets.max_accuracy_drop_pts})",
-         drop <= targets.max_accuracy_drop_pts),
-        ("size", f"{candidate['size_ratio']:.2f}x smaller (target >= {targets.min_size_ratio}x)",
-         candidate["size_ratio"] >= targets.min_size_ratio),
-        ("latency", f"{candidate['speedup']:.2f}x faster at batch 32 (target >= {targets.min_speedup}x)",
-         candidate["speedup"] >= targets.min_speedup),
-    ]
     b1 = candidate.get("speedup_b1")
-    if targets.min_speedup_b1 is None:
-        rows.append(("latency1", f"{b1:.2f}x faster at batch 1 (no target)" if b1 is not None else "not measured", None))
-    else:
-        rows.append(("latency1", f"{b1:.2f}x faster at batch 1 (target >= {targets.min_speedup_b1}x)"
-                     if b1 is not None else f"not measured (target >= {targets.min_speedup_b1}x)",
-                     b1 is not None and b1 >= targets.min_speedup_b1))
-    return rows
+    met = judge(targets, accuracy_drop_pts=drop, size_ratio=candidate["size_ratio"], speedup=candidate["speedup"],
+                speedup_b1=b1)
+    measured_b1 = f"{b1:.2f}x faster at batch 1" if b1 is not None else "not measured"
+    target_b1 = "no target" if targets.min_speedup_b1 is None else f"target >= {targets.min_speedup_b1}x"
+    return [
+        ("accuracy", f"{drop:+.2f} pts lost (target <= {targets.max_accuracy_drop_pts})", met["accuracy"]),
+        ("size", f"{candidate['size_ratio']:.2f}x smaller (target >= {targets.min_size_ratio}x)", met["size"]),
+        ("latency", f"{candidate['speedup']:.2f}x faster at batch 32 (target >= {targets.min_speedup}x)", met["latency"]),
+        ("latency1", f"{measured_b1} ({target_b1})", met["latency_b1"]),
+    ]
 
 
 def verdict_lines(candidate: dict, targets: Targets) -> tuple[list[str], int]:
@@ -107,12 +65,6 @@ def verdict_lines(candidate: dict, targets: Targets) -> tuple[list[str], int]:
     rows = verdicts(candidate, targets)
     tag = {True: "PASS", False: "MISS", None: "----"}
     return [f"  {tag[met]}  {measure:8s} {text}" for measure, text, met in rows], sum(met is False for *_, met in rows)
-
-
-def backend_of(model) -> str:
-    if isinstance(model, OnnxModel):
-        return "onnxruntime"
-    return "torch int8" if any(type(m).__module__.startswith("torch.ao") for m in model.modules()) else "torch fp32"
 
 
 def default_deployed(params_path: str) -> str:
@@ -166,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{len(data)} pairs from {args.data}; {args.rounds} rounds, each: batch 32 = mean over {args.batches} fixed batches, "
           f"median of {args.repeats} repeats; batch 1 = p50/p95 over {args.single_pairs} single pairs"
-          f", {torch.get_num_threads()} CPU threads on {cpu_model()}")
+          f", {torch.get_num_threads()} CPU threads on {cpu_info()['model']}")
     print(f"  {'model':10s} {'backend':12s} {'size MB':>8s} {'size x':>7s} {'acc %':>6s} {'Δ pts':>6s} {'b32 ms':>8s} "
           f"{'speed-up b32 [min, max]':>24s} {'b1 p50 ms':>9s} {'b1 p95':>7s} {'speed-up b1 [min, max]':>23s}")
     for name, (model, _, _) in models.items():

@@ -51,12 +51,11 @@ from onnxruntime.quantization import CalibrationDataReader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from benchmark import backend_of, cpu_model, spread, summarise_rounds, time_rounds  # noqa: E402
 
 from pipeline.stats import mcnemar_exact, paired_bootstrap, verdict  # noqa: E402
+from pipeline.timing import backend_of, spread, summarise_rounds, time_rounds  # noqa: E402
 from stages import _onnx  # noqa: E402
+from stages._determinism import cpu_info  # noqa: E402
 from stages._io import atomic_path, read_pairs  # noqa: E402
 from stages._models import load_model  # noqa: E402
 from stages._params import EvaluateParams  # noqa: E402
@@ -454,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"{len(dev)} dev pairs from {args.dev} (teacher quality {'reused from ' + args.teacher_metrics if reference else 'scored here'}); "
               f"{args.rounds} rounds, each: batch 32 = mean over {args.batches} fixed dev batches, median of {args.repeats} "
-              f"repeats; batch 1 = p50 over {args.single_pairs} single dev pairs; {torch.get_num_threads()} CPU threads on {cpu_model()}")
+              f"repeats; batch 1 = p50 over {args.single_pairs} single dev pairs; {torch.get_num_threads()} CPU threads on {cpu_info()['model']}")
         rows = []
         for name, (model, _, _) in models.items():
             onnx_model = name != REFERENCE

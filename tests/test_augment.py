@@ -14,7 +14,15 @@ import stages.augment as augment_stage
 from conftest import make_pairs
 from stages._io import DataError
 from stages._params import AugmentParams
-from stages._text import NEGATION_WORDS, is_negation, negation_cues, same_negation, same_words, stopword_regex
+from stages._text import (
+    NEGATION_WORDS,
+    is_negation,
+    negation_cues,
+    pick_originals,
+    same_negation,
+    same_words,
+    stopword_regex,
+)
 from stages.augment import augment, detokenize, tokenize
 
 HAS_WORDNET = Path("/usr/share/wordnet/data.noun").is_file()
@@ -101,10 +109,17 @@ def test_output_is_input_plus_copies_and_metrics_add_up():
     pd.testing.assert_frame_equal(out.iloc[: len(df)].reset_index(drop=True), df.assign(weight=1.0))
     assert metrics["n_input"] == 40
     assert metrics["n_selected"] == 15  # half of the 30 gold/oracle rows; augmentations are never re-augmented
-    assert metrics["n_augmented"] + metrics["n_dropped_identical"] + metrics["n_dropped_negation"] == 15
     assert metrics["n_output"] == len(out) == 40 + metrics["n_augmented"]
     assert metrics["ops"] == ["swap"] and metrics["rate"] == 0.2 and metrics["seconds"] >= 0
-    new = with_originals(df, out)
+    new = with_originals(df, out)  # one copy per original at most (validate="one_to_one")
+    # The copies are of selected originals and differ from them; the selected originals left without
+    # a copy are the dropped ones: a swap moves words, so none changes a negation, and those whose
+    # swaps changed nothing are the identical ones.
+    selected = set(df.loc[pick_originals(df, params.fraction, 0, augment_stage._STREAM), "pair_id"])
+    assert len(selected) == 15 and set(new["pair_id"]) <= selected
+    assert ((new["premise"] != new["premise_orig"]) | (new["hypothesis"] != new["hypothesis_orig"])).all()
+    assert metrics["n_dropped_negation"] == 0
+    assert len(selected - set(new["pair_id"])) == metrics["n_dropped_identical"]
     assert (new["source"] == "eda").all()
     assert set(new["source_orig"]) <= {"gold", "oracle"}
     assert (new["label"] == new["label_orig"]).all()

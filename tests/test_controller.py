@@ -234,9 +234,16 @@ def test_a_failure_before_anything_was_accepted_still_records_the_log(tmp_path):
 def test_a_failing_restore_still_records_the_log_and_the_iteration_error_is_raised(tmp_path):
     repo = make_repo(tmp_path)
     fake = FakeDvc(repo, [It(size=5.0, ce=0.9)], fail_at=1, fail_apply=True)
+    (repo / DECISIONS).parent.mkdir()
+    (repo / DECISIONS).write_text(json.dumps({"iteration": 0, "experiment": "an earlier run"}) + "\n")
     with pytest.raises(DvcCommandError, match="failed to reproduce"):
         run_control(repo, fake)
     assert fake.commands == [["dvc", "exp", "apply", name(0)]]
+    # The log holds the earlier history, then both iterations: the one that ran, the one that failed.
+    log = logged(repo)
+    assert [r["experiment"] for r in log] == ["an earlier run", name(0), name(1)]
+    assert log[1]["improved"] is True and log[1]["stop"] is False
+    assert log[2]["failed"] is True and log[2]["restored"] == name(0) and "failed to reproduce" in log[2]["error"]
 
 
 def test_decisions_never_read_test_numbers(tmp_path):

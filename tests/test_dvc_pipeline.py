@@ -16,7 +16,7 @@ import yaml
 
 from conftest import make_tiny_repo
 from conftest import run_cmd as _run
-from pipeline.decide import STAGE_ORDER as STAGES
+from pipeline.dag import STAGE_ORDER as STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -69,27 +69,8 @@ def test_grid_rows_names_and_profile_scaling():
     tiny = _tiny_grid()
     assert [v.name for v in tiny] == TINY_NAMES
     assert [v.name for v in tiny if v.claim] == TINY_CLAIMS
-    # tiny's 70 % point, from the profile's own sizes (the dev split comes out before seed and pool).
-    data = PROFILES["tiny"]["data"]
-    assert (data["seed_size"] + 18) / (data["seed_size"] + data["pool_size"]) == pytest.approx(0.70)
     cpu = grid_variants.grid_for("cpu")
     assert [v.name for v in grid_variants.GRID] == [v.name for v in cpu]
-    # The profile's own budget (cpu: 2000) is the `random` / `active` row, not a curve point.
-    assert [v.name for v in cpu if "@" in v.name] == [
-        "random@1649", "random@3500", "random@5181", "active@1649", "active@3500", "active@5181", "active@5181+steps",
-    ]  # fmt: skip
-    # cpu: 9,830 offline pairs - 1,000 dev = 1,000 seed + 7,830 pool = 8,830 labelable.
-    assert [round((1000 + b) / 8830 * 100, 1) for b in (1649, 3500, 5181)] == [30.0, 51.0, 70.0]
-    assert {v.name for v in cpu if v.claim} == {"all-labels", "random", "active", "sec", "random@5181", "active@5181"}
-    # Fewer labels without fewer steps: 8,830 rows / batch 16 = 552 steps an epoch, 2 epochs; judged
-    # against the same budget at the usual steps.
-    matched = next(v for v in cpu if v.name == "active@5181+steps")
-    assert matched.overrides["fine_tune.max_steps"] == 1104 and matched.tables == ("data",)
-    assert matched.parent == "active@5181" and not matched.claim
-    assert not any("+steps" in v.name for v in tiny)
-    pseudo = next(v for v in cpu if v.name == "active+pseudo")
-    assert pseudo.overrides["active_select.pseudo_size"] == 2000
-    assert next(v for v in tiny if v.name == "active+pseudo").overrides["active_select.pseudo_size"] == 12
     assert next(v for v in cpu if v.name == "sec").overrides == {}
     assert next(v for v in cpu if v.name == "all-labels").overrides["active_select.strategy"] == "all"
     assert (
@@ -99,6 +80,57 @@ def test_grid_rows_names_and_profile_scaling():
     custom = grid_variants.grid_for("tiny", budgets=[6, 12, 24])
     assert [v.name for v in custom if v.claim and "@" in v.name] == ["random@24", "active@24"]
     assert "random@12" not in {v.name for v in custom}
+
+
+@pytest.mark.parametrize("profile", sorted(grid_variants.PROFILE_SETTINGS))
+def test_curve_budgets_hit_their_label_fractions_of_the_profiles_own_sizes(profile):
+    """Each curve point labels its fraction of what the profile can label (seed + pool; dev is held
+    out first), read off stages._profiles.PROFILES: a profile's sizes change, the points follow."""
+    data, select = PROFILES[profile]["data"], PROFILES[profile]["active_select"]
+    pool = data["pool_size"] or grid_variants.OFFLINE_PAIRS - data["dev_size"] - data["seed_size"]
+    labelable = data["seed_size"] + pool
+    fractions = [f for f in grid_variants.PROFILE_SETTINGS[profile]["curve_fractions"]
+                 if f * labelable > data["seed_size"]]
+    rows = grid_variants.grid_for(profile)
+    budgets = [v.overrides["active_select.budget"] for v in rows if v.name.startswith("random@")]
+    if select["budget"] in grid_variants.curve_budgets(profile):
+        budgets = sorted([*budgets, select["budget"]])  # that point is the `random` row itself
+    assert [(data["seed_size"] + b) / labelable for b in budgets] == pytest.approx(fractions, abs=1 / labelable)
+    assert max(budgets) <= pool
+    top = max(budgets)
+    assert {v.name for v in rows if v.claim} == {"all-labels", "random", "active", "sec", f"random@{top}", f"active@{top}"}
+    # Every entropy row can spend its budget: scored candidates (0: all of them) at least the budget.
+    for v in rows:
+        if v.strategy == "entropy" and v.overrides.get("active_select.budget"):
+            candidates = v.overrides.get("active_select.candidates", select["candidates"])
+            assert candidates == 0 or candidates >= v.overrides["active_select.budget"], v.name
+    # Pseudo-labels come from the pool the profile's budget leaves.
+    pseudo = next(v for v in rows if v.name == "active+pseudo").overrides["active_select.pseudo_size"]
+    assert 0 < pseudo <= pool - select["budget"]
+
+
+def test_the_matched_steps_row_trains_for_the_all_labels_teachers_steps():
+    # cpu: all 27,828 labelable pairs (29,828 - 2,000 dev) in batches of 16 for one epoch.
+    fine_tune = PROFILES["cpu"]["fine_tune"]
+    labelable = grid_variants.OFFLINE_PAIRS - PROFILES["cpu"]["data"]["dev_size"]
+    steps = math.ceil(fine_tune["epochs"] * math.ceil(labelable / fine_tune["batch_size"]))
+    cpu = grid_variants.grid_for("cpu")
+    top = max(v.overrides["active_select.budget"] for v in cpu if v.name.startswith("active@"))
+    matched = next(v for v in cpu if v.name.endswith("+steps"))
+    assert matched.name == f"active@{top}+steps" and matched.overrides["fine_tune.max_steps"] == steps
+    assert matched.overrides["active_select.budget"] == top and matched.tables == ("data",)
+    assert matched.parent == f"active@{top}" and not matched.claim
+    assert not any("+steps" in v.name for v in _tiny_grid())
+
+
+def test_offline_pair_count_matches_the_committed_prepare_metrics():
+    """OFFLINE_PAIRS is what prepare counted on the offline files the cpu profile pools: when the data
+    changes and prepare reruns, this says the constant is stale."""
+    path = REPO / "metrics" / "prepare.json"
+    prepared = json.loads(path.read_text()) if path.is_file() else {}
+    if sorted(prepared.get("train_pairs_by_split", {})) != sorted(PROFILES["cpu"]["data"]["train_splits"]):
+        pytest.skip("metrics/prepare.json is not of the cpu profile's training files")
+    assert grid_variants.OFFLINE_PAIRS == prepared["train_pairs_available"]
 
 
 def test_seeded_runs_names_order_and_suffix_parsing():
@@ -118,9 +150,8 @@ def test_seeded_runs_names_order_and_suffix_parsing():
         # Valid git ref components (no '@', '+', spaces, '..'), and the name says its seed.
         assert re.fullmatch(r"grid-[a-z0-9]+(-[a-z0-9]+)*-s\d+", run.exp_name), run.exp_name
         assert grid_variants.split_exp_name(run.exp_name) == (run.row_name, run.seed)
-    assert "grid-active-b5181-steps-s42" in {v.exp_name for v in cpu_runs}
+    assert any(re.fullmatch(r"grid-active-b\d+-steps-s42", v.exp_name) for v in cpu_runs)
     assert grid_variants.split_exp_name("grid-active") is None  # pre-seed experiments never parse
-    assert grid_variants.seeds_for(tiny[0], 7, 2) == [7, 8] and grid_variants.seeds_for(tiny[3], 7, 2) == [7]
     assert [v.exp_name for v in grid_variants.seeded(tiny, 42, 1)] == [v.row_name + "-s42" for v in tiny]
     with pytest.raises(grid_variants.GridError):
         grid_variants.seeded(tiny, 42, 0)
@@ -156,7 +187,7 @@ def test_queue_command_sets_seed_and_params_and_appends_missing_keys():
     sets = cmd[7::2]
     assert all(flag == "-S" for flag in cmd[6::2])
     assert "seed=42" in sets  # the base seed is set too: the name and the params agree
-    assert "active_select.strategy=entropy" in sets and "augment.fraction=0" in sets
+    assert 'active_select.strategy="entropy"' in sets and "augment.fraction=0" in sets  # pipeline._dvc_env.override_value
     assert "+active_select.pseudo_size=12" in sets  # not in params.yaml: Hydra append
     params["active_select"]["pseudo_size"] = 0
     assert "active_select.pseudo_size=12" in grid.queue_command(pseudo, params)[7::2]
@@ -167,7 +198,7 @@ def test_queue_command_sets_seed_and_params_and_appends_missing_keys():
     synonym = next(v for v in _tiny_grid() if v.name == "active+synonym")
     assert "augment.fraction=null" in grid.set_args(synonym, params)
     sec = next(v for v in _tiny_grid() if v.name == "sec").at_seed(43)
-    assert grid.set_args(sec, params, profile="cpu") == ["-S", "profile=cpu", "-S", "seed=43"]
+    assert grid.set_args(sec, params, profile="cpu") == ["-S", 'profile="cpu"', "-S", "seed=43"]
     assert grid.set_args(sec, params, profile="tiny") == ["-S", "seed=43"]
 
 
@@ -320,6 +351,19 @@ def test_collect_flattens_the_exp_show_json(shown, records):
     assert _by_name(grid_tables.collect(queued))["grid-sec-s44"]["state"] == "queued"
 
 
+def test_a_runs_seed_is_read_from_its_params_not_its_name(records):
+    # A run named for seed 44 whose params say 45 (renamed, or queued by hand): it ran at 45.
+    moved = copy.deepcopy(records)
+    rec = next(r for r in moved if r["name"] == "grid-active-s44")
+    rec["params"]["seed"] = 45
+    runs = grid_tables.row_runs(moved, _tiny_grid())["active"]
+    assert sorted(runs.ok) == [42, 43, 45] and runs.label == "grid-active-s{42,43,45}"
+    # No params recorded (DVC has none for a queued run yet): the seed its name carries.
+    del rec["params"]["seed"]
+    rec["state"] = "queued"
+    assert grid_tables.row_runs(moved, _tiny_grid())["active"].other == {44: "queued"}
+
+
 # ---------------------------------------------------------------------------------- tables
 
 
@@ -426,7 +470,7 @@ def test_missing_and_failed_experiments_are_marked_not_crashes(records):
     curve = frames["curve"].set_index("variant")
     assert curve.loc["random@6", "status"] == grid_tables.NOT_RUN and curve.loc["random@6", "budget"] == 6
     assert curve.loc["random@6", "experiment"] == "grid-random-b6-s*"
-    rows = grid_tables.fraction_rows(kept, _tiny_grid())
+    rows = grid_tables.fraction_rows(frames["curve"])
     assert {r["strategy"] for r in rows} == {"random", "active"}  # only rows that ran
     # Nothing at all: every measured row says "not run", and no stage time.
     empty = grid_tables.tables([], _tiny_grid())
@@ -643,9 +687,15 @@ def test_grid_runs_two_rows_at_two_seeds_in_a_tiny_repo_then_reruns_cheaply(tmp_
         assert data.loc[variant, "status"] == "ok" and data.loc[variant, "seeds"] == 2
         assert 0 <= data.loc[variant, "test_accuracy_pct"] <= 100 and data.loc[variant, "labelled_examples"] == 36
     assert data.loc["sec", "status"] == grid_tables.NOT_RUN
-    # The paired dev comparison read both seeds' prediction files through DVC.
-    assert data.loc["active", "paired_seeds"] == 2
-    assert data.loc["active", "helped"] in ("helped", "hurt", "not shown")
+    # The paired dev comparison read both seeds' prediction files through DVC: its difference is the
+    # two rows' dev accuracies (evaluate_teacher.json, same dev rows at each seed), its verdict the
+    # side of 0 its interval lies on.
+    active = data.loc["active"]
+    assert active["paired_seeds"] == 2
+    assert active["dev_delta_vs_parent_pts"] == pytest.approx(
+        active["dev_accuracy_pct"] - data.loc["random", "dev_accuracy_pct"], abs=0.02)
+    low, high = active["dev_delta_vs_parent_pts_low"], active["dev_delta_vs_parent_pts_high"]
+    assert active["helped"] == ("helped" if low > 0 else "hurt" if high < 0 else "not shown")
     claims = pd.read_csv(out / "claims.csv")
     first = claims[claims["baseline"] == "random"].set_index("split")
     assert first.loc["dev", "seeds"] == 2 and first.loc["test", "seeds"] == 2
@@ -672,7 +722,7 @@ def test_a_relative_data_dir_is_made_absolute_for_queued_runs(tmp_path):
     params = {"seed": 42, "data": {"local_dir": "../shared/data/mnli"}, "active_select": {}}
     active = next(v for v in _tiny_grid() if v.name == "active").at_seed(43)
     cmd = grid.queue_command(active, params, repo=repo)
-    assert cmd[cmd.index(f"data.local_dir={tmp_path / 'work' / 'shared' / 'data' / 'mnli'}") - 1] == "-S"
+    assert cmd[cmd.index(f'data.local_dir="{tmp_path / "work" / "shared" / "data" / "mnli"}"') - 1] == "-S"
     # Absolute, null (the hub) or no repo given: nothing added.
     for data in ({"local_dir": "/data/mnli"}, {"local_dir": None}):
         assert not any("data.local_dir" in a for a in grid.queue_command(active, {**params, "data": data}, repo=repo))

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, make_pairs
+from conftest import REPO, always_predict, make_pairs
 from stages import _onnx
 from stages._io import write_pairs
-from stages._models import OnnxModel, load_model, save_model
+from stages._models import OnnxModel, load_model, load_pretrained_classifier, save_model
 from stages.onnx_runtime import OnnxClassifier
 
 spec = importlib.util.spec_from_file_location("onnx_static_int8", REPO / "scripts" / "onnx_static_int8.py")
@@ -76,8 +77,9 @@ def test_static_int8_is_a_loadable_export_with_static_int8_activations(dirs, tmp
 
     coverage = _coverage(static, tmp_path)
     # Per layer: attention output, FFN in, FFN out MatMuls with calibrated input scales, + the
-    # pooler and the classifier; the fused attention has no static kernel: QAttention (dynamic).
-    assert coverage["static"] == 3 * LAYERS + 2, coverage
+    # classifier (the mean-pooling head has no pooler dense); the fused attention has no static
+    # kernel: QAttention (dynamic).
+    assert coverage["static"] == 3 * LAYERS + 1, coverage
     assert coverage["dynamic"] == LAYERS and coverage["float"] == {}, coverage
     # The same check on the pipeline's dynamic int8 finds no static activation scale at all.
     dynamic = _coverage(dirs["dynamic"], tmp_path)
@@ -88,8 +90,8 @@ def test_static_int8_is_a_loadable_export_with_static_int8_activations(dirs, tmp
     assert _onnx.onnx_size_mb(static) < 0.8 * _onnx.onnx_size_mb(dirs["fp32"])
 
 
-@pytest.mark.parametrize("graph,fmt,minimum,floats", [("fused", "qoperator", 3 * LAYERS + 1, {"Gemm": 1}),
-                                                      ("unfused", "qdq", 8 * LAYERS + 2, {})])
+@pytest.mark.parametrize("graph,fmt,minimum,floats", [("fused", "qoperator", 3 * LAYERS, {"Gemm": 1}),
+                                                      ("unfused", "qdq", 8 * LAYERS + 1, {})])
 def test_other_formats_and_the_unfused_graph(dirs, tmp_path, graph, fmt, minimum, floats):
     """QOperator on the fused graph (uint8 outputs, so the classifier stays float: logits are not
     rounded to 8 bits); QDQ on the unfused one, where all 8 MatMuls of a layer (Q, K, V, Q.K^T,
@@ -177,15 +179,21 @@ def test_table_and_verdict():
     assert lever.verdict_line("s", "d", [1.0], [1.0], better, base).endswith(": hurt")
 
 
-def test_main_on_tiny_models_reads_dev_only_and_ends_with_a_verdict(dirs, tmp_path, capsys):
+def test_main_on_tiny_models_reads_dev_only_and_ends_with_a_verdict(dirs, tiny_model_dir, tmp_path, capsys):
     dev = make_pairs(40, seed=9).assign(row_id=np.arange(40, dtype="int64"), source="gold", weight=1.0)
     write_pairs(dev, tmp_path / "dev.parquet")
+    # The dynamic int8 the static ones are judged against always says entailment (14 of the 40 dev
+    # pairs): the trained static models must come out `helped`, whichever way a verdict could go wrong.
+    model, tok = load_pretrained_classifier(tiny_model_dir)
+    save_model(always_predict(model, 0), tok, tmp_path / "constant", {"stage": "fine_tune"})
+    _onnx.export_model_dir(tmp_path / "constant", tmp_path / "dynamic", precision="int8", reduce_range="off",
+                           max_length=MAX_LENGTH)
     write_pairs(make_pairs(80, seed=2).assign(source="gold", weight=1.0), tmp_path / "train.parquet")
     (tmp_path / "params.yaml").write_text("threads: 1\nseed: 3\n")
     threads = torch.get_num_threads()
     try:
         code = lever.main([
-            "--fp32", str(dirs["fp32"]), "--dynamic", str(dirs["dynamic"]), "--teacher", str(dirs["trained"]),
+            "--fp32", str(dirs["fp32"]), "--dynamic", str(tmp_path / "dynamic"), "--teacher", str(dirs["trained"]),
             "--teacher-metrics", str(tmp_path / "none.json"), "--calibration", str(tmp_path / "train.parquet"),
             "--dev", str(tmp_path / "dev.parquet"), "--work-dir", str(tmp_path / "work"), "--params", str(tmp_path / "params.yaml"),
             "--graph", "both", "--calibration-pairs", "32", "--rounds", "1", "--repeats", "1", "--batches", "1",
@@ -200,4 +208,11 @@ def test_main_on_tiny_models_reads_dev_only_and_ends_with_a_verdict(dirs, tmp_pa
         assert any(line.split()[:1] == [name] for line in lines), name
     assert "40 dev pairs" in out and "1 CPU threads" in out and "teacher quality scored here" in out
     assert lines[-2].startswith("verdict static_fused vs dynamic_int8") and lines[-1].startswith("verdict static_unfused")
-    assert lines[-1].rsplit(": ", 1)[1] in ("helped", "hurt", "not shown")
+    # Each verdict is about the dev accuracies the table printed, static minus dynamic, and its
+    # interval lies above 0.
+    accuracy = {line.split()[0]: float(line.split()[3]) for line in lines if line.split()[1:2] == ["onnxruntime"]}
+    for line, name in zip(lines[-2:], ("static_fused", "static_unfused"), strict=True):
+        diff, low, high = map(float, re.search(
+            r"dev accuracy ([-+][\d.]+) pts \(95% CI ([-+][\d.]+) to ([-+][\d.]+),", line).groups())
+        assert accuracy["dynamic_int8"] == 35.0 and diff == pytest.approx(accuracy[name] - 35.0, abs=0.011), line
+        assert low > 0 and line.endswith(": helped"), line

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,8 +19,8 @@ import pytest
 import torch
 
 from conftest import make_pairs
-from stages._health import ModelDidNotLearnError, chance_accuracy, dev_health
 from stages._heads import POOLING_KEY, resolve_pooling
+from stages._health import ModelDidNotLearnError, chance_accuracy, dev_health
 from stages._io import ModelError
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import DataParams
