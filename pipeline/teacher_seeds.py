@@ -108,10 +108,11 @@ def loss_spec(seeds: list[dict]) -> dict:
             "layer": [
                 {"data": {"values": values}, "mark": "line",
                  "encoding": {"x": {"field": "step", "type": "quantitative"},
-                              "y": {"field": "loss", "type": "quantitative", "scale": {"zero": False}},
+                              "y": {"field": "loss", "type": "quantitative", "scale": {"zero": False},
+                                    "title": "training loss"},
                               "color": {"field": "seed", "type": "nominal"}}},
                 {"data": {"values": [{"y": 1.0986}]}, "mark": {"type": "rule", "strokeDash": [4, 4]},
-                 "encoding": {"y": {"field": "y", "type": "quantitative"}}},
+                 "encoding": {"y": {"field": "y", "type": "quantitative", "title": "training loss"}}},
             ]}
 
 
