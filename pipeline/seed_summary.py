@@ -78,7 +78,7 @@ def markdown(summary: dict, *, with_speed: bool = True) -> str:
         "# Default profile over seeds",
         "",
         f"Seeds {seeds}: runs that differ only in `seed`. Mean [95 % Student-t interval] over seeds. "
-        "Test = validation_matched (reported only); dev = 1,000 pairs held out of the training pool "
+        "Test = validation_matched (reported only); dev = the held-out dev split "
         "(what decisions read). Δ = against the same run's teacher, accuracy points.",
         "",
         "| model | test accuracy | dev accuracy | Δ test | Δ dev | size × |" + (" speed × |" if with_speed else ""),
