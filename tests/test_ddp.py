@@ -60,7 +60,7 @@ def test_two_processes_train_like_one(tiny_model_dir, tmp_path):
         work = tmp_path / f"p{processes}"
         work.mkdir()
         params = _params(tmp_path, tiny_model_dir, processes)
-        ft = _stage("stages.fine_tune", "--params", str(params), "--train", str(data), "--out", "teacher",
+        ft = _stage("stages.fine_tune", "--params", str(params), "--train", str(data), "--dev", str(data), "--out", "teacher",
                     "--metrics", "fine_tune.json", "--live-dir", "live_ft", cwd=work)
         _stage("stages.distill", "--params", str(params), "--teacher", "teacher", "--pruned", "teacher",
                "--train", str(data), "--unlabelled", str(unlabelled), "--out", "student",

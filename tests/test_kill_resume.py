@@ -24,8 +24,9 @@ def test_sigkilled_fine_tune_resumes_and_leaves_no_output(tmp_path):
     params["fine_tune"].update(max_steps=400, save_steps=2, batch_size=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     make_pairs(80).to_parquet(tmp_path / "train.parquet")
+    make_pairs(12, seed=3).to_parquet(tmp_path / "dev.parquet")  # the dev check (off on tiny: it only scores)
     cmd = [sys.executable, "-m", "stages.fine_tune", "--params", "params.yaml", "--train", "train.parquet",
-           "--out", "teacher", "--metrics", "fine_tune.json"]
+           "--dev", "dev.parquet", "--out", "teacher", "--metrics", "fine_tune.json"]
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
