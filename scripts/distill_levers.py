@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
+from stages._architecture import describe_architecture  # noqa: E402
 from stages._determinism import seed_everything  # noqa: E402
 from stages._io import read_pairs  # noqa: E402
 from stages._models import load_model, save_model  # noqa: E402
 from stages._params import load_params  # noqa: E402
-from stages._pruning import describe_architecture  # noqa: E402
 from stages.augment_pool import augment_pool  # noqa: E402
 from stages.distill import distill, transfer_set  # noqa: E402
 from stages.evaluate import score_split, write_predictions  # noqa: E402

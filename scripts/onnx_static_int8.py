@@ -220,11 +220,11 @@ def build_static(src_dir, out_dir, premises: Sequence[str], hypotheses: Sequence
     if fmt not in FORMATS or method not in METHODS or graph not in DYNAMIC_OPS:
         raise ValueError(f"format {fmt!r}, method {method!r}, graph {graph!r}: expected {FORMATS}, {METHODS}, {tuple(DYNAMIC_OPS)}")
     src_dir = Path(src_dir)
-    info = _onnx._read_sec(src_dir)
+    info = _onnx.read_sec_info(src_dir)
     outputs_quantized = quantize_outputs or fmt == "qoperator"  # QLinearMatMul always has a uint8 output
     encode = OnnxClassifier(src_dir, threads=threads).encode
     reader = PairReader(encode, premises, hypotheses, CALIBRATION_BATCH)
-    with tempfile.TemporaryDirectory(prefix="sec-static-") as work, _onnx._quiet_logging():
+    with tempfile.TemporaryDirectory(prefix="sec-static-") as work, _onnx.quiet_onnx_logging():
         work = Path(work)
         # Symbolic shape inference types the fused contrib ops' outputs, without which the calibrator
         # skips every tensor after them (then: "Unable to get valid quantization scale"). No ORT graph
@@ -265,16 +265,16 @@ def build_static(src_dir, out_dir, premises: Sequence[str], hypotheses: Sequence
                     "embeddings": embeddings,
                     "static_ops": list(STATIC_OPS), "dynamic_ops": dynamic_ops, "float_classifier": outputs_quantized}
         with atomic_path(out_dir) as tmp:
-            _onnx._copy_dir_without_model(src_dir, tmp)
+            _onnx.copy_dir_without_model(src_dir, tmp)
             shutil.copyfile(final, tmp / _onnx.ONNX_FILE)
-            _onnx._write_sec(tmp, {**info, "stage": "scripts/onnx_static_int8.py", "quantized_from": str(src_dir),
+            _onnx.write_sec_info(tmp, {**info, "stage": "scripts/onnx_static_int8.py", "quantized_from": str(src_dir),
                                    "precision": "int8", "quantization": settings})
     return settings
 
 
 def unfused_export(fp32_dir: Path, parent: str | None, out_dir: Path) -> Path:
     """The fp32 export's float parent (sec.json "parent", e.g. models/distilled) exported again, unoptimized."""
-    info = _onnx._read_sec(fp32_dir)
+    info = _onnx.read_sec_info(fp32_dir)
     parent = parent or info.get("parent")
     if not parent or not Path(parent).is_dir():
         raise SystemExit(f"--graph unfused needs the float model {fp32_dir} was exported from ({parent!r}); pass --parent")
@@ -407,12 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.work_dir:
         check_work_dir(Path(args.work_dir), REPO / "dvc.yaml")
     fp32_dir = Path(args.fp32)
-    max_length = _onnx._read_sec(fp32_dir)["max_length"]
+    max_length = _onnx.read_sec_info(fp32_dir)["max_length"]
     dev = read_pairs(args.dev)
     calibration, dropped = calibration_sample(read_pairs(args.calibration, allow_unlabelled=True), dev,
                                               args.calibration_pairs, seed)
     # Weights as in the dynamic model unless told otherwise, so the two differ in activations only.
-    built = _onnx._read_sec(Path(args.dynamic)).get("quantization", {})
+    built = _onnx.read_sec_info(Path(args.dynamic)).get("quantization", {})
     per_channel = args.per_channel if args.per_channel is not None else built.get("per_channel", True)
     reduce_range = (_onnx.resolve_reduce_range(args.reduce_range) if args.reduce_range
                     else built.get("reduce_range", _onnx.resolve_reduce_range("auto")))

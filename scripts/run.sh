@@ -8,3 +8,5 @@ dvc repro "$@"
 dvc push -q || echo "run: dvc push to the default remote failed (outputs stay in the local cache)"
 echo
 cat reports/report.md
+# The deployed model against params.yaml's targets (a view: changing a target reruns nothing).
+python -m pipeline.target_report --out reports/targets.md

@@ -238,7 +238,7 @@ def load_model(directory: str | Path, *, threads: int | None = None):
         return model.eval(), tokenizer
     model = classifier_from_config(AutoConfig.from_pretrained(directory))
     if info.get("architecture"):
-        from stages._pruning import apply_architecture
+        from stages._architecture import apply_architecture
 
         apply_architecture(model, info["architecture"])
     if info.get("quantization"):

@@ -42,8 +42,6 @@ from stages._models import SEC_FORMAT_VERSION, ModelError
 ONNX_FILE = onnx_runtime.ONNX_FILE
 RUNTIME_FILE = "sec_onnx.py"  # the copy of stages/onnx_runtime.py in every exported directory
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # the order BERT's forward takes them
-FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-             "LayerNormalization", "BiasGelu", "Gelu", "FastGelu")
 _EXAMPLE_PAIRS = (["A man is playing a guitar on stage.", "Two dogs run."],
                   ["Someone makes music.", "The animals are asleep in the sun near the house."])
 
@@ -148,7 +146,7 @@ def export_onnx(model, tokenizer, out_dir, *, info: dict, max_length: int, opset
         shutil.copyfile(Path(onnx_runtime.__file__), tmp / RUNTIME_FILE)
         sec = {**info, "format": "onnx", "format_version": SEC_FORMAT_VERSION, "precision": "fp32", "max_length": max_length, "labels": labels,
                "opset": opset, "pad_token": tokenizer.pad_token, "inputs": names}
-        _write_sec(tmp, sec)
+        write_sec_info(tmp, sec)
         metrics = _graph_metrics(tmp / ONNX_FILE)
     return {**metrics, "seconds": round(time.perf_counter() - started, 2)}
 
@@ -190,19 +188,19 @@ def optimize_onnx(src_dir, out_dir, *, opt_level: int = 1) -> dict:
 
     started = time.perf_counter()
     src_dir = Path(src_dir)
-    info = _read_sec(src_dir)
+    info = read_sec_info(src_dir)
     options = FusionOptions("bert")
     options.enable_gelu_approximation = False
-    with _quiet_logging():
+    with quiet_onnx_logging():
         optimized = optimize_model(str(src_dir / ONNX_FILE), model_type="bert", num_heads=0, hidden_size=0,
                                    optimization_options=options, opt_level=opt_level, use_gpu=False)
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     layers = _layer_count(src_dir)
     missing = _unfused(fused, layers)
     with atomic_path(out_dir) as tmp:
-        _copy_dir_without_model(src_dir, tmp)
+        copy_dir_without_model(src_dir, tmp)
         optimized.save_model_to_file(str(tmp / ONNX_FILE))
-        _write_sec(tmp, {**info, "optimized": {"opt_level": opt_level, "fused": fused}})
+        write_sec_info(tmp, {**info, "optimized": {"opt_level": opt_level, "fused": fused}})
         metrics = _graph_metrics(tmp / ONNX_FILE)
     return {**metrics, "fused": fused, "unfused": missing, "seconds": round(time.perf_counter() - started, 2)}
 
@@ -217,7 +215,7 @@ def _unfused(fused: dict, layers: int | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
+def quiet_onnx_logging() -> Iterator[None]:
     """Silence ORT's known warnings, logged through module loggers that reach the root logger
     (its transformers modules are imported as top-level names, e.g. "fusion_attention"):
     the optimizer's "Input hidden size (256) is not same as weight matrix dimension of q,k,v
@@ -280,11 +278,11 @@ def quantize_onnx(src_dir, out_dir, *, per_channel: bool, reduce_range: bool, em
 
     started = time.perf_counter()
     src_dir = Path(src_dir)
-    info = _read_sec(src_dir)
+    info = read_sec_info(src_dir)
     op_types = sorted(IntegerOpsRegistry)
     if not embeddings:
         op_types = [op for op in op_types if op not in ("Gather", "EmbedLayerNormalization")]
-    with tempfile.TemporaryDirectory(prefix="sec-quantize-") as work, _quiet_logging():
+    with tempfile.TemporaryDirectory(prefix="sec-quantize-") as work, quiet_onnx_logging():
         quantized = Path(work) / ONNX_FILE
         quantize_dynamic(src_dir / ONNX_FILE, quantized, op_types_to_quantize=op_types, per_channel=per_channel,
                          reduce_range=reduce_range, weight_type=QuantType.QInt8,
@@ -292,11 +290,11 @@ def quantize_onnx(src_dir, out_dir, *, per_channel: bool, reduce_range: bool, em
                          # (com.microsoft Attention, ...); every such tensor here is float.
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         with atomic_path(out_dir) as tmp:
-            _copy_dir_without_model(src_dir, tmp)
+            copy_dir_without_model(src_dir, tmp)
             shutil.copyfile(quantized, tmp / ONNX_FILE)
             settings = {"weight_type": "int8", "activation_type": "uint8 (dynamic)", "per_channel": per_channel,
                         "reduce_range": reduce_range, "embeddings": embeddings}
-            _write_sec(tmp, {**info, "precision": "int8", "quantization": settings})
+            write_sec_info(tmp, {**info, "precision": "int8", "quantization": settings})
             metrics = _graph_metrics(tmp / ONNX_FILE)
     return {**metrics, "quantization": settings, "seconds": round(time.perf_counter() - started, 2)}
 
@@ -384,7 +382,7 @@ def check_parity(model, tokenizer, onnx_dir, *, max_length: int, tolerance: floa
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _read_sec(directory: Path) -> dict:
+def read_sec_info(directory: Path) -> dict:
     path = Path(directory) / onnx_runtime.SEC_JSON
     info = json.loads(path.read_text()) if path.is_file() else {}
     if info.get("format") != "onnx":
@@ -392,11 +390,11 @@ def _read_sec(directory: Path) -> dict:
     return info
 
 
-def _write_sec(directory: Path, info: dict) -> None:
+def write_sec_info(directory: Path, info: dict) -> None:
     (directory / onnx_runtime.SEC_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-def _copy_dir_without_model(src: Path, dst: Path) -> None:
+def copy_dir_without_model(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(ONNX_FILE))
 
 

@@ -280,7 +280,7 @@ def step_loss(
             student_qkv, teacher_qkv, attention_pairs, inputs["attention_mask"], attention_heads
         )
     if sparsity_weight > 0:
-        from stages._pruning import group_norms
+        from stages._architecture import group_norms
 
         loss = loss + sparsity_weight * group_norms(model).mean()
     return loss, outputs
@@ -389,6 +389,8 @@ def train(
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
+        # A float below 1 is a share of the total steps in transformers 5 (warmup_ratio is deprecated
+        # there), so this is the warmup ratio, not 0 steps.
         warmup_steps=cfg.warmup_ratio,
         save_strategy="steps",
         save_steps=cfg.save_steps,

@@ -18,6 +18,7 @@ import time
 import pandas as pd
 import torch
 
+from stages._architecture import describe_architecture
 from stages._attention_kd import check_relation_heads
 from stages._cli import run
 from stages._device import model_device, resolve_precision
@@ -26,7 +27,6 @@ from stages._inference import predict_logits
 from stages._io import read_pairs, write_metrics
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import DistillParams, load_params
-from stages._pruning import describe_architecture
 from stages._quantization import count_parameters
 from stages._student import evenly_spaced_layers, keep_layers, layer_map, trim_vocabulary, used_token_ids
 from stages._training import checkpoint_dir_for, train, train_config

@@ -54,3 +54,16 @@ def test_every_stage_lists_the_modules_it_imports():
 def test_the_scan_follows_imports_transitively():
     # distill -> _training -> _attention_kd: a module two imports away must be found.
     assert "stages/_attention_kd.py" in stage_imports("stages.distill")
+
+
+def test_an_edit_to_the_pruning_algorithm_reruns_only_prune_and_what_follows_it():
+    # Loading a pruned model needs its shapes (stages/_architecture.py), not how heads were chosen:
+    # a stage upstream of prune that listed stages/_pruning.py would retrain the teacher for nothing.
+    from pipeline.dag import STAGES, upstream
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listing = {name for name, stage in stages.items() if "stages/_pruning.py" in map(str, stage["deps"])}
+    assert "prune" in listing
+    downstream_of_prune = {name for name in STAGES if "prune" in upstream(name)}
+    assert listing <= downstream_of_prune, f"upstream of prune but list stages/_pruning.py: {listing - downstream_of_prune}"
+    assert {"active_select", "fine_tune", "evaluate_teacher"}.isdisjoint(listing)

@@ -20,9 +20,9 @@ import torch
 
 from conftest import REPO, make_pairs
 from stages import _onnx
+from stages._architecture import apply_architecture, describe_architecture
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import load_params
-from stages._pruning import apply_architecture, describe_architecture
 from stages._student import keep_layers, trim_vocabulary, used_token_ids
 from stages.onnx_runtime import OnnxClassifier, OnnxModelError
 

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, MPNetConfig
 
-from stages._pruning import apply_architecture, describe_architecture, prune_structured
+from stages._architecture import apply_architecture, describe_architecture
+from stages._pruning import prune_structured
 from stages._quantization import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ _RELOAD = """
 import json, sys, torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
-from stages._pruning import apply_architecture
+from stages._architecture import apply_architecture
 folder = sys.argv[1]
 model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
 apply_architecture(model, json.load(open(folder + "/arch.json")))

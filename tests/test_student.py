@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import REPO, make_pairs
+from stages._architecture import describe_architecture
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import QuantizeParams
-from stages._pruning import describe_architecture
 from stages._student import evenly_spaced_layers, keep_layers, layer_map, trim_vocabulary, used_token_ids
 from stages._training import hidden_state_loss
 from stages.quantize import quantize

@@ -113,7 +113,7 @@ def test_training_changes_weights_and_logs_curves(tiny_model_dir, pairs, tmp_pat
 
 
 def test_sparsity_penalty_shrinks_prunable_groups(tiny_model_dir, pairs, tmp_path):
-    from stages._pruning import group_norms
+    from stages._architecture import group_norms
 
     def trained(sparsity_weight: float):
         torch.manual_seed(0)
