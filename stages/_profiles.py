@@ -41,6 +41,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         # evaluate times each model over 5 repeats here (scripts/benchmark.py is the measurement of
         # record: 5 rounds of its own).
         "evaluate": {"latency_repeats": 5},
+        # Off: the offline SmolLM2 on this CPU writes ~40 tokens/s (reports/generate.md), so even a
+        # few hundred pairs would not fit the 30-minute first run. `dvc exp run -S generate.transfer_count=N`.
+        "generate": {"transfer_count": 0, "label_count": 0},
     },
     "gpu": {
         # seed/pool sizes of 0 mean "everything the split has" (393k pairs online; the 9.8k
@@ -59,6 +62,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "distill": {"epochs": 3.0, "batch_size": 32, "max_steps": -1, "transfer_size": 0, "learning_rate": 5e-5,
                     "layers": 4, "hidden_weight": 1.0},
         "evaluate": {"latency_repeats": 30},
+        # On; with base_url local the generator runs on the CPU cores (reports/generate.md gives the
+        # cost); point base_url at a vLLM server on the GPU for more.
+        "generate": {"transfer_count": 1000, "label_count": 300},
     },
     "tiny": {
         # The health checks are off: a few steps on a few dozen rows learn nothing.
@@ -74,5 +80,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "distill": {"epochs": 1.0, "batch_size": 8, "max_steps": 3, "transfer_size": 16, "learning_rate": 1e-4,
                     "layers": 1, "hidden_weight": 1.0},
         "evaluate": {"latency_repeats": 2},
+        # Off: the tests drive the stage against a fake endpoint (tests/test_generate.py).
+        "generate": {"transfer_count": 0, "label_count": 0},
     },
 }
