@@ -88,6 +88,9 @@ class ActiveSelectParams(HealthParams):
     # scoring 26k pairs with the fp32 model costs minutes on a 2-core CPU. The budget is spent
     # among them; the unscored rest stays in the unlabelled pool.
     candidates: int = Field(default=0, ge=0)
+    # Train the acquisition model even where the strategy needs none (random, all) and keep it
+    # (data/selected/acquisition): generate's label-conditioned pairs are checked with it.
+    keep_model: bool = False
 
 
 class AugmentParams(_Section):

@@ -25,7 +25,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         # entropy/margin: one pass over the seed set, then 16,000 pool pairs scored (all of them:
         # ~2 more minutes here).
         "active_select": {"budget": 11000, "candidates": 16000, "acquisition_epochs": 1.0, "batch_size": 16,
-                          "learning_rate": 1e-4, "head_learning_rate": 2e-3, "min_dev_accuracy": 0.40},
+                          "learning_rate": 1e-4, "head_learning_rate": 2e-3, "min_dev_accuracy": 0.40,
+                          "keep_model": False},
         "augment": {"fraction": 0.1},
         "back_translate": {"fraction": 0.1},
         # Small models want a larger learning rate than BERT-base: 5e-5 barely moves MiniLM in the
@@ -53,7 +54,9 @@ PROFILES: dict[str, dict[str, dict]] = {
                  "dev_size": 2000, "seed_size": 2000, "pool_size": 0, "eval_size": 0},
         "model": {"teacher": "mpnet-base", "max_length": 128},
         "active_select": {"budget": 6000, "candidates": 0, "acquisition_epochs": 2.0, "batch_size": 64,
-                          "learning_rate": 3e-5, "head_learning_rate": 1e-3, "min_dev_accuracy": 0.45},
+                          "learning_rate": 3e-5, "head_learning_rate": 1e-3, "min_dev_accuracy": 0.45,
+                          # generate's label-conditioned pairs (on here) are checked with it.
+                          "keep_model": True},
         "augment": {"fraction": 0.5},
         "back_translate": {"fraction": 0.5},
         "fine_tune": {"epochs": 3.0, "batch_size": 32, "max_steps": -1, "learning_rate": 3e-5,
@@ -71,7 +74,8 @@ PROFILES: dict[str, dict[str, dict]] = {
         "data": {"train_splits": ["train"], "dev_size": 12, "seed_size": 24, "pool_size": 36, "eval_size": 30},
         "model": {"teacher": "minilm-l6", "max_length": 32},
         "active_select": {"budget": 12, "candidates": 0, "acquisition_epochs": 1.0, "batch_size": 8,
-                          "learning_rate": 1e-4, "head_learning_rate": 1e-3, "min_dev_accuracy": 0.0},
+                          "learning_rate": 1e-4, "head_learning_rate": 1e-3, "min_dev_accuracy": 0.0,
+                          "keep_model": False},
         "augment": {"fraction": 0.5},
         "back_translate": {"fraction": 0.5},
         "fine_tune": {"epochs": 1.0, "batch_size": 8, "max_steps": 4, "learning_rate": 1e-4,

@@ -297,3 +297,30 @@ def test_the_local_llama_cpp_server_generates_and_is_stopped(tmp_path):
     assert len(pd.read_parquet(paths["transfer"])) == m["kept"]
     with pytest.raises(OSError):  # stopped: nothing listens on its port any more
         socket.create_connection(("127.0.0.1", server["port"]), timeout=2).close()
+
+
+def test_active_select_keeps_an_acquisition_model_for_the_label_check(tiny_model_dir, tmp_path):
+    # random picks need no model; keep_model trains one anyway, and generate's check loads it.
+    from conftest import make_pairs
+
+    from stages._models import save_model
+    from stages._params import ActiveSelectParams
+    from stages.active_select import active_select
+    from stages.generate import acquisition_check
+    from stages.prepare import prepare
+    from test_data_stages import data_params, eval_pairs
+
+    frames, _ = prepare(make_pairs(40), eval_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
+    kept = []
+    for keep in (False, True):
+        params = ActiveSelectParams(strategy="random", budget=5, acquisition_epochs=1, batch_size=8,
+                                    learning_rate=1e-4, keep_model=keep)
+        _, _, metrics = active_select(frames["seed"], frames["pool"], frames["oracle"], params, teacher=tiny_model_dir,
+                                      max_length=32, seed=0, checkpoint_dir=tmp_path / f"ck{keep}",
+                                      on_model=lambda model, tokenizer: kept.append((model, tokenizer)))
+        assert ("acquisition" in metrics) == keep and "scored_rows" not in metrics  # no pool scoring for it
+    assert len(kept) == 1
+    save_model(*kept[0], tmp_path / "acquisition", {"stage": "active_select"})
+    probs = acquisition_check(tmp_path / "acquisition", max_length=32)(["A man sings.", "A dog runs."],
+                                                                        ["A man sings.", "Nobody runs."])
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1)
