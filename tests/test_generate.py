@@ -301,14 +301,14 @@ def test_the_local_llama_cpp_server_generates_and_is_stopped(tmp_path):
 
 def test_active_select_keeps_an_acquisition_model_for_the_label_check(tiny_model_dir, tmp_path):
     # random picks need no model; keep_model trains one anyway, and generate's check loads it.
-    from conftest import make_pairs
+    from test_data_stages import data_params, eval_pairs
 
+    from conftest import make_pairs
     from stages._models import save_model
     from stages._params import ActiveSelectParams
     from stages.active_select import active_select
     from stages.generate import acquisition_check
     from stages.prepare import prepare
-    from test_data_stages import data_params, eval_pairs
 
     frames, _ = prepare(make_pairs(40), eval_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
     kept = []
