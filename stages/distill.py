@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pruned", required=True, help="the pruned model, the default student")
     parser.add_argument("--train", required=True)
     parser.add_argument("--unlabelled", required=True)
+    parser.add_argument("--generated", default=None,
+                        help="transfer pairs from the generate stage (label -1), all added to the transfer set")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--live-dir", default=None)
@@ -119,9 +121,14 @@ def main(argv: list[str] | None = None) -> None:
                          "soft labels are computed per pair, so pick a student with the teacher's tokenizer")
     unlabelled = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
     data = transfer_set(read_pairs(args.train), unlabelled, p.transfer_size, params.seed)
+    if args.generated:  # generate's use (a): every pair, beside the transfer_size drawn from the pool
+        generated = read_pairs(args.generated, allow_unlabelled=True, allow_empty=True)
+        if len(generated):
+            data = pd.concat([data, generated.assign(label=-1)[data.columns]], ignore_index=True)
     job = {"distill": p.model_dump(), "seed": params.seed, "max_length": params.model.max_length, "precision": precision,
            "processes": processes}
-    inputs = [args.teacher, args.train, args.unlabelled] + ([args.pruned] if p.student == "pruned" else [])
+    inputs = [args.teacher, args.train, args.unlabelled, *filter(None, [args.generated])] + (
+        [args.pruned] if p.student == "pruned" else [])
     student, student_tokenizer, metrics = distill(
         student, tokenizer, teacher, data, p, max_length=params.model.max_length, seed=params.seed,
         checkpoint_dir=checkpoint_dir_for("distill", job, inputs), live_dir=args.live_dir,

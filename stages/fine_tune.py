@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--train", required=True)
+    parser.add_argument("--generated", default=None,
+                        help="label-conditioned pairs from the generate stage, added to --train (may be empty)")
     parser.add_argument("--dev", required=True, help="the dev split: the trained teacher must clear min_dev_accuracy on it")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--metrics", required=True)
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     device, processes, run_info = start_training_stage("stages.fine_tune", argv, params)
     data = read_pairs(args.train)
+    if args.generated:  # generate's use (b); an empty file (the use off) leaves the data as it was
+        generated = read_pairs(args.generated, allow_empty=True)
+        data = pd.concat([data, generated], ignore_index=True) if len(generated) else data
     model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=params.seed, pooling=params.model.pooling)
     precision = resolve_precision(params.train.precision, device)
     cfg = train_config(params.fine_tune, seed=params.seed, max_length=params.model.max_length, precision=precision)
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
            "precision": precision, "processes": processes}
     metrics = fine_tune(
         model, tokenizer, data, cfg,
-        checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train]), live_dir=args.live_dir, device=device,
+        checkpoint_dir=checkpoint_dir_for("fine_tune", job, [args.train, *filter(None, [args.generated])]), live_dir=args.live_dir, device=device,
         # Every rank trains; rank 0 alone checks and writes (the others stop below).
         dev=read_pairs(args.dev) if is_main_process() else None, min_dev_accuracy=params.fine_tune.min_dev_accuracy,
     )

@@ -42,7 +42,7 @@ def test_the_grids_stage_time_sums_follow_the_dag():
     assert TEACHER_TARGET in dag.STAGE_ORDER
     # A teacher-only run stops at evaluate_teacher: it runs neither augment_pool nor any compression.
     assert grid_tables.TEACHER_RUN_STAGES == (
-        "prepare", "active_select", "augment", "back_translate", "fine_tune", TEACHER_TARGET)
+        "prepare", "active_select", "augment", "back_translate", "generate", "fine_tune", TEACHER_TARGET)
     assert set(grid_tables.FULL_RUN_STAGES) >= set(dag.STAGE_ORDER)
     assert {"augment_pool", "prune", "distill", "quantize"} <= set(grid_tables.DEPLOY_STAGES)
     assert "evaluate" not in grid_tables.DEPLOY_STAGES and "export" not in grid_tables.DEPLOY_STAGES
