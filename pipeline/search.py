@@ -138,8 +138,11 @@ def open_study(path: str | Path, space: SearchParams) -> optuna.Study:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(path)))
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler(space),
-                                directions=[d for _, d in OBJECTIVES], load_if_exists=True)
+    try:  # load first: create_study(load_if_exists=True) would append a failed creation to the file each start
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler(space))
+    except KeyError:
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler(space),
+                                    directions=[d for _, d in OBJECTIVES])
     if [d.name.lower() for d in study.directions] != [d for _, d in OBJECTIVES]:
         raise ValueError(f"{path}: study {STUDY_NAME!r} has other objectives than {OBJECTIVES}; move the file away")
     if not study.metric_names:
@@ -147,6 +150,20 @@ def open_study(path: str | Path, space: SearchParams) -> optuna.Study:
     if "tag" not in study.user_attrs:  # experiment names stay unique if the file is ever started afresh
         study.set_user_attr("tag", time.strftime("%Y%m%d%H%M%S"))
     return study
+
+
+def pin_base(study: optuna.Study, base: Mapping[str, Scalar], seed: int) -> tuple[dict[str, Scalar], int]:
+    """The repository's values when the study started, kept in the study: every `dvc exp run`
+    rewrites the workspace's params.yaml, so reading it again on a later start would take the
+    last trial (or a confirmation seed) for the baseline."""
+    if "base" not in study.user_attrs:
+        study.set_user_attr("base", dict(base))
+        study.set_user_attr("seed", int(seed))
+    pinned = dict(study.user_attrs["base"])
+    missing = [key for key in base if key not in pinned]
+    if missing:  # a knob added to the space since: its value now
+        pinned.update({key: base[key] for key in missing})
+    return pinned, int(study.user_attrs["seed"])
 
 
 def recover_interrupted(study: optuna.Study, log: Callable[[str], None] = print) -> list[int]:
