@@ -47,9 +47,6 @@ from pipeline.search_space import Scalar, SearchParams
 from pipeline.stats import paired_bootstrap, verdict
 from pipeline.targets import Targets, margins
 
-# PartialFixedSampler and metric names are stable in use but still flagged experimental.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 STORAGE = Path("controller") / "study.log"
 STUDY_NAME = "sec"
 # (objective, direction), in the order the study stores its values.
@@ -146,7 +143,9 @@ def open_study(path: str | Path, space: SearchParams) -> optuna.Study:
     if [d.name.lower() for d in study.directions] != [d for _, d in OBJECTIVES]:
         raise ValueError(f"{path}: study {STUDY_NAME!r} has other objectives than {OBJECTIVES}; move the file away")
     if not study.metric_names:
-        study.set_metric_names([name for name, _ in OBJECTIVES])
+        with warnings.catch_warnings():  # stable in use since Optuna 3.2, still flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([name for name, _ in OBJECTIVES])
     if "tag" not in study.user_attrs:  # experiment names stay unique if the file is ever started afresh
         study.set_user_attr("tag", time.strftime("%Y%m%d%H%M%S"))
     return study
@@ -206,7 +205,9 @@ def ask(study: optuna.Study, setup: Setup, base_sampler: optuna.samplers.BaseSam
         source = best.params if best is not None else setup.base
         fixed = {key: source[key] for key in setup.teacher_knobs if key in source
                  and setup.space.knobs[key].contains(source[key])}
-    study.sampler = optuna.samplers.PartialFixedSampler(fixed, base_sampler) if fixed else base_sampler
+    with warnings.catch_warnings():  # stable in use since Optuna 2.4, still flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.PartialFixedSampler(fixed, base_sampler) if fixed else base_sampler
     trial = study.ask()
     params = {key: knob.suggest(trial, key) for key, knob in setup.space.knobs.items()}
     trial.set_user_attr("teacher_knobs", "held" if fixed else "sampled")
