@@ -217,19 +217,21 @@ def test_exp_run_command_uses_the_projects_override_serializer():
 
 
 @pytest.mark.slow
-def test_a_real_study_runs_trials_through_dvc_on_the_tiny_profile(tmp_path):
+def test_a_real_two_trial_study_runs_through_dvc_on_the_tiny_profile(tmp_path):
     repo = make_tiny_repo(tmp_path)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    # Targets every tiny run meets but accuracy (labels free, size/speed trivially met), so trials are
-    # promoted; the space: pruning and the int8 backend, i.e. no data knob: the teacher is reused.
-    params["controller"]["targets"] = {"max_accuracy_drop_pts": 100.0, "min_size_ratio": 1.0, "min_speedup": 0.0,
+    # Two trials, four `dvc exp run`s (cheap + full each), one teacher: the knobs are pruning and
+    # the int8 backend only (no data knob), and no trial can claim the accuracy target against a
+    # reference of 100 % (so no confirmation seeds, each of which would retrain the teacher); the
+    # slack promotes every cheap run. The machine's 2 cores are shared: keep it this small.
+    params["controller"]["targets"] = {"max_accuracy_drop_pts": 0.0, "min_size_ratio": 1.0, "min_speedup": 0.0,
                                        "min_speedup_b1": None, "max_labelled_fraction": 1.0}
-    params["controller"]["search"] = {"trials": 3, "startup_trials": 1, "teacher_every": 3, "confirm_seeds": 1,
-                                      "cheap_fraction": 0.34, "knobs": {
+    params["controller"]["search"] = {"trials": 2, "startup_trials": 1, "teacher_every": 3, "confirm_seeds": 1,
+                                      "cheap_fraction": 0.34, "promote_slack_pts": 1000.0, "knobs": {
                                           "prune.ratio": {"choices": [0.3, 0.5]},
                                           "quantize.backend": {"choices": ["torch", "onnxruntime"]}}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    save(Reference(teacher_dev_accuracy=0.34, seeds=[42], values=[0.34]), repo)
+    save(Reference(teacher_dev_accuracy=1.0, seeds=[42], values=[1.0]), repo)
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "search space"], repo)
 
@@ -238,8 +240,7 @@ def test_a_real_study_runs_trials_through_dvc_on_the_tiny_profile(tmp_path):
     with prefect_test_harness(server_startup_timeout=120):
         summary = ctl.sec_controller(repo=str(repo))
 
-    assert len(summary["trials"]) == 3 and set(summary["trials"]) <= {"COMPLETE", "PRUNED", "FAIL"}
-    assert "COMPLETE" in summary["trials"]
+    assert summary["trials"] == ["COMPLETE", "COMPLETE"] and summary["recommended"] is None
     study = search.open_study(repo / search.STORAGE, ctl.load_controller_params(repo / "params.yaml").search)
     names = [run["experiment"] for t in study.trials for k, run in t.user_attrs.items() if k.startswith("run:")]
     shown = json.dumps(json.loads(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout))
