@@ -53,10 +53,21 @@ def _pipeline(args) -> int:
 
 
 def _controller(args) -> int:
+    if args.pin_reference:
+        from pipeline.controller import pin_reference
+
+        ref = pin_reference(args.pin_reference)
+        print(f"pinned controller/reference.json: teacher dev accuracy {100 * ref.teacher_dev_accuracy:.2f} % "
+              f"(mean over seeds {ref.seeds}: {', '.join(f'{100 * v:.2f}' for v in ref.values)})")
+        return 0
     from pipeline.controller import sec_controller
 
-    for record in sec_controller(max_iterations=args.max_iterations):
-        print(f"iteration {record['iteration']}: {record['reason']}")
+    summary = sec_controller(trials=args.trials, apply=args.apply)
+    print(f"{len(summary['trials'])} trial(s) run ({', '.join(summary['trials']) or 'none'}); "
+          f"{summary['study_trials']} in the study; recommended: "
+          f"{'trial ' + str(summary['recommended']) if summary['recommended'] is not None else 'none'}"
+          + (f"; applied {summary['applied']}" if summary["applied"] else ""))
+    print("reports: " + ", ".join(summary["reports"]))
     return 0
 
 
@@ -124,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", default=None, help='JSON of dotted params overrides, e.g. \'{"prune.ratio": 0.5}\'')
     p.set_defaults(func=_pipeline)
 
-    p = sub.add_parser("controller", help="run the synergy controller flow here")
-    p.add_argument("--max-iterations", type=int, default=None)
+    p = sub.add_parser("controller", help="run the synergy controller's search here (Optuna study, one dvc exp run per trial)")
+    p.add_argument("--trials", type=int, default=None, help="trials to add to the study (default controller.search.trials; 0: report only)")
+    p.add_argument("--apply", action="store_true", help="dvc exp apply the recommended trial's experiment at the end")
+    p.add_argument("--pin-reference", nargs="+", metavar="RUN", default=None,
+                   help="pin controller/reference.json from these runs' teacher dev accuracy (checkouts differing only in seed), then exit")
     p.set_defaults(func=_controller)
 
     p = sub.add_parser("compare", help="did B help over A? paired bootstrap CIs and McNemar on per-example predictions")

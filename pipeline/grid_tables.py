@@ -855,8 +855,8 @@ def verdicts(data_table: pd.DataFrame) -> dict[str, bool | None]:
     """component -> True (helped: the dev interval lies above 0), False (hurt: below 0) or None (not
     shown: it contains 0), from Table 2's paired dev comparison with the parent row.
 
-    Components without a verdict (row not run, no predictions) are left out. The controller reads
-    this file (pipeline.controller.grid_verdicts) and turns down a component that is False.
+    Components without a verdict (row not run, no predictions) are left out. The controller does
+    not read this file: it searches the augmentation fractions itself (controller.search.knobs).
     """
     out: dict[str, bool | None] = {}
     for _, row in data_table.iterrows():

@@ -13,10 +13,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.search_space import SearchParams
+
 
 class Targets(BaseModel):
-    """What a deployed model must reach. Accuracy is judged on the DEV split against the teacher
-    accuracy pinned at the start of a controller run (pipeline.decide.Reference)."""
+    """What a deployed model must reach. Accuracy is judged on the DEV split against the teacher's
+    dev accuracy pinned in controller/reference.json (pipeline.reference), a mean over seeds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_accuracy_drop_pts: float = Field(ge=0)  # accuracy points below the teacher, at most
@@ -27,20 +29,21 @@ class Targets(BaseModel):
     max_labelled_fraction: float = Field(gt=0, le=1)  # labelled pairs / pairs available, at most
 
 
-def judge(targets: Targets, *, accuracy_drop_pts: float, size_ratio: float, speedup: float,
-          speedup_b1: float | None = None, labelled_fraction: float | None = None) -> dict[str, bool | None]:
-    """Each target -> met (True), missed (False) or not judged (None: no such target, or nothing
-    measured for it, e.g. a timing file without batch-1 latency), in the order accuracy, size,
-    latency, latency_b1, data.
+def margins(targets: Targets, *, accuracy_drop_pts: float, size_ratio: float, speedup: float,
+            speedup_b1: float | None = None, labelled_fraction: float | None = None) -> dict[str, float | None]:
+    """Each target -> how far the measurement is from it: <= 0 met (the distance inside), > 0
+    missed (the shortfall), None not judged (no such target, or nothing measured for it), in the
+    order accuracy, size, latency, latency_b1, data.
 
-    The one place a measurement is held against a target: the controller (decide.target_misses)
-    and scripts/benchmark.py both call it. A value exactly at its target meets it.
+    The one place a measurement is held against a target. `judge` is the yes/no view of it;
+    the search hands the distances to Optuna as constraints (<= 0 feasible is Optuna's
+    convention too), so it learns how far a trial missed, not only that it did.
     """
-    def at_most(value: float | None, bound: float | None) -> bool | None:
-        return None if value is None or bound is None else value <= bound
+    def at_most(value: float | None, bound: float | None) -> float | None:
+        return None if value is None or bound is None else value - bound
 
-    def at_least(value: float | None, bound: float | None) -> bool | None:
-        return None if value is None or bound is None else value >= bound
+    def at_least(value: float | None, bound: float | None) -> float | None:
+        return None if value is None or bound is None else bound - value
 
     return {
         "accuracy": at_most(accuracy_drop_pts, targets.max_accuracy_drop_pts),
@@ -51,16 +54,29 @@ def judge(targets: Targets, *, accuracy_drop_pts: float, size_ratio: float, spee
     }
 
 
+def judge(targets: Targets, *, accuracy_drop_pts: float, size_ratio: float, speedup: float,
+          speedup_b1: float | None = None, labelled_fraction: float | None = None) -> dict[str, bool | None]:
+    """Each target -> met (True), missed (False) or not judged (None: no such target, or nothing
+    measured for it, e.g. a timing file without batch-1 latency), in `margins`' order.
+
+    The controller's search and scripts/benchmark.py both call it (or `margins`, which it reads).
+    A value exactly at its target meets it (the difference of two floats is <= 0 exactly when
+    the first is <= the second).
+    """
+    distance = margins(targets, accuracy_drop_pts=accuracy_drop_pts, size_ratio=size_ratio, speedup=speedup,
+                       speedup_b1=speedup_b1, labelled_fraction=labelled_fraction)
+    return {name: None if value is None else value <= 0 for name, value in distance.items()}
+
+
 class ControllerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_iterations: int = Field(default=3, ge=0, le=20)
-    tolerance: float = Field(default=1e-3, ge=0)
-    lambda1: float = Field(default=1.0, ge=0)
-    lambda2: float = Field(default=1.0, ge=0)
     # The evaluated model the targets judge; null: the one evaluate.json names `deployed`
     # (quantize.backend: torch -> quantized, onnxruntime -> onnx_int8).
     deployed_model: str | None = None
     targets: Targets
+    # The search over the recipe (pipeline/search_space.py); absent: the targets alone are read
+    # (scripts/benchmark.py, the report), and `sec controller` refuses to search.
+    search: SearchParams | None = None
 
 
 class TargetsError(ValueError):
