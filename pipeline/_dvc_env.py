@@ -28,7 +28,7 @@ def project_env() -> dict[str, str]:
 def override_value(value: object) -> str:
     """A value in DVC's `-S` (Hydra) override grammar, read back as the same value: JSON for scalars
     and lists (a string is always quoted, so "1.0", "null" or a path stay strings), `{key: value}`
-    for mappings (Hydra refuses quoted keys). tests/test_decide.py round-trips it through DVC's parser.
+    for mappings (Hydra refuses quoted keys). tests/test_dvc_env.py round-trips it through DVC's parser.
     """
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in value.items()) + "}"
