@@ -68,6 +68,10 @@ def prepare_workspace(cell: Cell, remotes: Remotes, workspace: Path, cache_dir: 
         raise FanoutError(f"commit {cell.commit} is not on the git remote {remotes.git}: push it first") from err
     for cmd in plan.dvc_setup_commands(remotes.dvc, cache_dir):
         run_streaming(cmd, workspace, logger.info)
+    # `dvc exp run` commits the experiment: a worker host without a git identity still must.
+    if subprocess.run(["git", "-C", str(workspace), "config", "user.email"], capture_output=True).returncode != 0:
+        for key, value in (("user.name", "sec worker"), ("user.email", f"sec-worker@{socket.gethostname()}")):
+            subprocess.run(["git", "-C", str(workspace), "config", key, value], check=True)
     return str(workspace)
 
 
@@ -181,7 +185,7 @@ def require_pushed(repo: Path, git_remote: str, commit: str) -> None:
                           "(workers clone it from there)")
 
 
-@task(name="dvc-exp-pull", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=15)
+@task(name="dvc-exp-pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=10)
 def gather(repo: Path, git_remote: str, with_cache: bool) -> None:
     """`dvc exp pull`: every experiment pushed on this commit, whichever host ran it."""
     cmd = ["dvc", "exp", "pull", *([] if with_cache else ["--no-cache"]), git_remote]
