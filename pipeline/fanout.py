@@ -109,7 +109,7 @@ def _tag_with_worker(worker: str) -> None:
     if not flow_run.id:
         return
     with get_client(sync_client=True) as client:
-        client.update_flowrun_streaming(flow_run.id, tags=[*(flow_run.tags or []), f"worker:{worker}"])
+        client.update_flow_run(flow_run.id, tags=[*(flow_run.tags or []), f"worker:{worker}"])
 
 
 def _evaluated(workspace: Path) -> dict[str, dict]:
@@ -122,7 +122,7 @@ def _evaluated(workspace: Path) -> dict[str, dict]:
 
 
 @flow(name="sec-experiment", log_prints=True)
-def experimentrun_streaming(name: str, commit: str, overrides: list[str] | None = None, target: str | None = None,
+def experiment_run(name: str, commit: str, overrides: list[str] | None = None, target: str | None = None,
                    git_remote: str | None = None, dvc_remote: str | None = None, scratch: str | None = None) -> dict:
     """One DVC experiment `name` at `commit` (`-S` `overrides`, up to `target`) in a workspace of its
     own under the worker's scratch directory; pushes it and publishes its metrics as an artifact.
@@ -237,7 +237,7 @@ def wait_for_runs(run_ids: dict[str, str], poll_s: float, timeout_s: float | Non
             for name, run_id in run_ids.items():
                 if name in rows:
                     continue
-                run = client.read_flowrun_streaming(UUID(run_id))
+                run = client.read_flow_run(UUID(run_id))
                 if run.state and run.state.is_final():
                     worker = next((t.split(":", 1)[1] for t in run.tags if t.startswith("worker:")), None)
                     rows[name] = {"name": name, "state": run.state.type.value, "worker": worker,

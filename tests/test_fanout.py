@@ -55,7 +55,7 @@ def test_grid_cells_carry_the_grids_own_overrides_and_targets(tiny_params_repo):
     for cell in cells:
         assert cell.commit == COMMIT
         # The worker's `dvc exp run` sets exactly what `python -m pipeline.grid` queues (one serializer).
-        queued = queue_command(by_name[cell.name], params)
+        queued = queue_command(by_name[cell.name], params, target=cell.target)
         run = plan.exp_run_command(cell)
         assert run[:5] == ["dvc", "exp", "run", "-n", cell.name]
         assert run[5:] == queued[6:]
