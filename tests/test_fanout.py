@@ -64,7 +64,7 @@ def test_grid_cells_carry_the_grids_own_overrides_and_targets(tiny_params_repo):
     teacher_only = next(c for c in cells if c.name.startswith("grid-random-s"))
     assert teacher_only.target == "evaluate_teacher"
     assert "active_select.strategy=\"random\"" in teacher_only.overrides
-    assert [c.name for c in plan.grid_cells(tiny_params_repo, COMMIT, only=["sec"], seeds=2)] == [
+    assert [c.name for c in plan.grid_cells(tiny_params_repo, COMMIT, names=["sec"], seeds=2)] == [
         f"grid-sec-s{params['seed']}", f"grid-sec-s{params['seed'] + 1}"]
 
 
@@ -135,7 +135,7 @@ def test_project_remotes_come_from_the_checkouts_own_config(tmp_path):
     run_cmd(["git", "remote", "add", "origin", "../sec.git"], repo)
     with pytest.raises(FanoutError, match=r"\.dvc/config: no default DVC remote"):
         plan.project_remotes(repo)
-    run_cmd(["dvc", "remote", "add", "-d", "shared", "../../dvc-store"], repo)  # relative to .dvc/, as DVC reads it
+    run_cmd(["dvc", "remote", "add", "-d", "shared", "../dvc-store"], repo)  # typed relative to the checkout; DVC stores it relative to .dvc/
     assert plan.project_remotes(repo) == Remotes(git=str(tmp_path / "sec.git"), dvc=str(tmp_path / "dvc-store"))
     assert plan.project_remotes(repo, "ssh://h/sec.git", "s3://b/d") == Remotes("ssh://h/sec.git", "s3://b/d")
 
