@@ -370,7 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     p = params.generate
     labelled = read_pairs(args.labelled)
     pool = read_pairs(args.unlabelled, allow_unlabelled=True, allow_empty=True)
-    dev_test = pd.concat([read_pairs(args.dev), read_pairs(args.test)], ignore_index=True)
+    # Only the texts: generated pairs must not repeat a held-out pair, and nothing here may see the
+    # test labels (tests/test_reproducible.py poisons them and checks that this output is unchanged).
+    dev_test = pd.concat([read_pairs(args.dev), read_pairs(args.test)], ignore_index=True)[["premise", "hypothesis"]]
     check = acquisition_check(args.acquisition, params.model.max_length) if p.label_count > 0 else None
     started = time.perf_counter()
     if p.transfer_count == 0 and p.label_count == 0:

@@ -2,7 +2,7 @@
 
 Commands are read from the fenced code blocks and inline code of README.md and docs/*.md:
 `sec <sub>` must be a subcommand whose `--help` exits 0, `python -m <module>` a module whose
-`--help` exits 0, `bash scripts/<x>.sh` an existing script, and `dvc repro <stage>` / `dvc exp run
+`--help` exits 0, `python scripts/<x>.py` a script whose `--help` exits 0, `bash scripts/<x>.sh` an existing script, and `dvc repro <stage>` / `dvc exp run
 ... <stage>` a stage of dvc.yaml. The long jobs themselves (run.sh, test.sh, grid.sh) are not run
 here: CI runs test.sh, and the slow tests run the pipeline on the tiny profile.
 """
@@ -30,7 +30,7 @@ def _commands() -> list[str]:
             for line in (block or inline).splitlines():
                 for part in re.split(r"\s*(?:\||&&|;)\s*", line.split("#")[0].strip()):
                     # <placeholders> stand for what the reader fills in
-                    if re.match(r"(sec |python -m |bash scripts/|dvc repro )", part) and "<" not in part:
+                    if re.match(r"(sec |python -m |python scripts/|bash scripts/|dvc repro )", part) and "<" not in part:
                         found.append(part.strip())
     return sorted(set(found))
 
@@ -58,6 +58,13 @@ def test_sec_subcommands_exist(sub):
 def test_python_modules_start(module):
     result = _help(["-m", module])
     assert result.returncode == 0, f"`python -m {module} --help` failed:\n{result.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("script", sorted({c.split()[1] for c in COMMANDS if c.startswith("python scripts/")}))
+def test_python_scripts_start(script):
+    assert (REPO / script).is_file(), f"python {script}: no such script"
+    result = _help([script])
+    assert result.returncode == 0, f"`python {script} --help` failed:\n{result.stderr[-2000:]}"
 
 
 def test_scripts_and_stages_exist():

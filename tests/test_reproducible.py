@@ -22,8 +22,9 @@ from pipeline.reproducibility import differences, lock_hashes
 
 pytestmark = pytest.mark.slow
 
-# What may read the test split: prepare writes it, the evaluations score it, the plots draw it.
-READS_TEST = {"prepare", "evaluate_teacher", "evaluate", "report_plots"}
+# What may read the test split: prepare writes it, the evaluations score it, the plots draw it,
+# and generate reads its texts (not its labels) so that no generated pair repeats a test pair.
+READS_TEST = {"prepare", "generate", "evaluate_teacher", "evaluate", "report_plots"}
 
 
 @pytest.fixture(scope="module")
