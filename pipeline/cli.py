@@ -20,6 +20,9 @@ def prefect_env() -> dict[str, str]:
     env.setdefault("PREFECT_HOME", os.path.abspath(".cache/prefect"))
     # prefect.yaml's pull step runs flows in this checkout.
     env.setdefault("SEC_REPO_DIR", os.getcwd())
+    # Flow runs report a heartbeat this often (Prefect's minimum); the grid's automation marks a run
+    # silent for 90 s Crashed (pipeline/fanout.py), so a killed worker's cell does not stay Running.
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     return env
 
 
@@ -37,7 +40,34 @@ def _worker(args) -> int:
     _prefect("work-pool", "create", args.pool, "--type", "process")
     if args.gpu_limit:
         _prefect("global-concurrency-limit", "create", args.gpu_limit, "--limit", "1")
-    return _prefect("worker", "start", "--pool", args.pool, "--type", "process")
+    # --limit: flow runs this worker takes at once (one per GPU it has), so the rest of a fanned-out
+    # grid stays on the pool for the other workers instead of queueing here for the GPU slot.
+    return _prefect("worker", "start", "--pool", args.pool, "--type", "process", "--limit", str(args.limit),
+                    *(["--name", args.name] if args.name else []))
+
+
+def _grid(args) -> int:
+    selection = [*(["--only", *args.only] if args.only else []), *(["--seeds", str(args.seeds)] if args.seeds else []),
+                 *(["--profile", args.profile] if args.profile else []), *(["--full"] if args.full else [])]
+    if not args.workers:  # one experiment at a time in this checkout (dvc queue)
+        from pipeline.grid import main as grid_main
+
+        return grid_main(["run", "--out-dir", args.out_dir, *selection,
+                          *(["--timeout", str(args.timeout)] if args.timeout else [])])
+    from pipeline.fanout import grid_fanout
+    from pipeline.fanout_plan import FanoutError
+
+    try:
+        summary = grid_fanout(only=args.only, profile=args.profile, seeds=args.seeds, full=args.full,
+                              git_remote=args.git_remote, dvc_remote=args.dvc_remote, out_dir=args.out_dir,
+                              timeout_s=args.timeout)
+    except FanoutError as err:
+        print(f"sec grid: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(summary['cells'])} cell(s): {len(summary['submitted'])} submitted, "
+          f"{len(summary['failed'])} failed ({', '.join(summary['failed']) or 'none'}), "
+          f"{len(summary['missing'])} missing; tables in {args.out_dir}")
+    return 1 if summary["failed"] or summary["missing"] else 0
 
 
 def _deploy(args) -> int:
@@ -125,7 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="start a Prefect worker on the work pool (one per GPU host)")
     p.add_argument("--pool", default=WORK_POOL)
     p.add_argument("--gpu-limit", default=os.environ.get("SEC_GPU_LIMIT"), help="global concurrency limit to create, e.g. gpu-0")
+    p.add_argument("--limit", type=int, default=1, help="flow runs this worker runs at once (default 1: one per GPU)")
+    p.add_argument("--name", default=None, help="worker name shown in the UI and on the grid's cells (default: Prefect's)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("grid", help="the ablation grid; --workers: one flow run per cell on the work pool's workers")
+    p.add_argument("--workers", action="store_true",
+                   help="fan the missing cells out to the pool's workers (needs a git remote and a DVC remote; see docs/prefect.md)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="rows, experiments or tables (as python -m pipeline.grid)")
+    p.add_argument("--seeds", type=int, help="seeds of the claim rows (default: params.yaml grid.seeds)")
+    p.add_argument("--profile", choices=["cpu", "gpu", "tiny"], default=None)
+    p.add_argument("--full", action="store_true", help="run the whole pipeline for data-only variants too")
+    p.add_argument("--out-dir", default="reports/grid")
+    p.add_argument("--git-remote", help="URL workers clone from (default: `git remote get-url origin`)")
+    p.add_argument("--dvc-remote", help="DVC remote URL workers share (default: the default remote in .dvc/config)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the cells (they go on after it)")
+    p.set_defaults(func=_grid)
 
     p = sub.add_parser("deploy", help="register the deployments in prefect.yaml")
     p.set_defaults(func=_deploy)

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -37,6 +38,21 @@ def gpu_limit_name() -> str | None:
     to share on purpose. Unset (laptops, CI), no slot is taken.
     """
     return os.environ.get("SEC_GPU_LIMIT") or None
+
+
+@contextmanager
+def gpu_slot(needs_gpu: bool, log):
+    """Hold one slot of the GPU concurrency limit (gpu_limit_name) while the body runs, when the
+    work needs a GPU and a limit is set; otherwise run it at once."""
+    limit = gpu_limit_name() if needs_gpu else None
+    if not limit:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    log(f"waiting for a slot of the GPU concurrency limit {limit!r}")
+    with concurrency(limit, occupy=1, strict=True):
+        yield
 
 
 class DvcCommandError(RuntimeError):
@@ -92,14 +108,7 @@ def run_stage(stage: str, repo: str = ".") -> str:
     """One DVC stage; DVC skips it when its deps, params and outs are unchanged."""
     logger = get_run_logger()
     cmd = ["dvc", "repro", "--single-item", stage]
-    limit = gpu_limit_name() if stage in GPU_STAGES else None
-    if limit:
-        from prefect.concurrency.sync import concurrency
-
-        logger.info("waiting for a slot of the GPU concurrency limit %r", limit)
-        with concurrency(limit, occupy=1, strict=True):
-            output = run_streaming(cmd, repo, logger.info)
-    else:
+    with gpu_slot(stage in GPU_STAGES, logger.info):
         output = run_streaming(cmd, repo, logger.info)
     skipped = "didn't change, skipping" in output
     logger.info("stage %s %s", stage, "was up to date (skipped by DVC)" if skipped else "ran")
