@@ -58,6 +58,28 @@ def _fmt(value, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def stopped_early(trials: Sequence[FrozenTrial], reference: Reference) -> list[str]:
+    """Markdown rows for the trials pruned after their cheap pass: what that pass measured and why
+    it stopped (a pruned trial has no objective values, so the front above cannot show it)."""
+    lines = []
+    for t in trials:
+        if t.state != TrialState.PRUNED:
+            continue
+        for key, run in sorted(t.user_attrs.items()):
+            if not key.startswith("run:cheap:") or not isinstance(run, dict) or run.get("accuracy") is None:
+                continue
+            knobs = ", ".join(f"`{k}={v:g}`" if isinstance(v, float) else f"`{k}={v}`" for k, v in t.params.items())
+            lines.append(f"| {t.number} | {knobs} | {100 * run['accuracy']:.2f} "
+                         f"| {reference.accuracy_drop_pts(run['accuracy']):+.2f} | {_fmt(run.get('size_ratio'))} "
+                         f"| {_fmt(run.get('speedup'))} | {_fmt(run.get('speedup_b1'))} | {t.user_attrs.get('pruned', '–')} |")
+    if not lines:
+        return []
+    return ["", "## Stopped after the cheap pass", "",
+            "Measured with a quarter of the distillation steps, so their accuracy is a lower bound.", "",
+            "| trial | knobs | dev acc % | drop pts | size × | speed-up b32 × | b1 × | why stopped |",
+            "|---|---|---|---|---|---|---|---|", *lines]
+
+
 def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str:
     trials = study.get_trials(deepcopy=False)
     table = rows(trials, reference)
@@ -84,6 +106,7 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
                      f" | {'yes' + (' (confirmed)' if r['confirmed'] else '') if r['feasible'] else 'no'} |")
     if not front:
         lines.append("| (no completed trial yet) |")
+    lines += stopped_early(trials, reference)
     chosen = recommend(trials, targets)
     lines += ["", "## Recommendation", ""]
     if chosen is None:

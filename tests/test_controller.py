@@ -246,3 +246,22 @@ def test_a_real_two_trial_study_runs_through_dvc_on_the_tiny_profile(tmp_path):
     shown = json.dumps(json.loads(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout))
     assert names and all(name in shown for name in names)  # every run is a DVC experiment
     assert (repo / "reports/search/pareto.md").is_file() and (repo / "reports/search/pareto.png").is_file()
+
+
+def test_the_report_shows_what_a_trial_stopped_after_its_cheap_pass_measured():
+    import optuna
+
+    from pipeline.reference import Reference
+    from pipeline.search_report import stopped_early
+
+    reference = Reference(0.66, [42], [0.66])
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={"prune.ratio": 0.6},
+        distributions={"prune.ratio": optuna.distributions.FloatDistribution(0.3, 0.7)},
+        user_attrs={"run:cheap:42": {"accuracy": 0.5325, "size_ratio": 9.209, "speedup": 8.36, "speedup_b1": 7.267},
+                    "pruned": "misses size"})
+    failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={}, distributions={})
+    rows = stopped_early([pruned, failed], reference)
+    assert rows[1] == "## Stopped after the cheap pass"
+    assert rows[-1] == f"| {pruned.number} | `prune.ratio=0.6` | 53.25 | +12.75 | 9.21 | 8.36 | 7.27 | misses size |"
+    assert stopped_early([failed], reference) == []
