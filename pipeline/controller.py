@@ -48,7 +48,9 @@ def setup_for(repo: Path, study, cfg: ControllerParams) -> Setup:
     repository's values as the study first saw them."""
     base, seed = search.base_values(repo / "params.yaml", cfg.search)
     base, seed = search.pin_base(study, base, seed)
-    return Setup(cfg.search, cfg.targets, references.load(repo), base, seed)
+    from_profile = search.pin_profile_keys(
+        study, search.profile_keys(repo / "params.yaml", [*cfg.search.knobs, search.FIDELITY_KEY]))
+    return Setup(cfg.search, cfg.targets, references.load(repo), base, seed, from_profile)
 
 
 def keep_files(paths: list[Path]) -> Callable[[], None]:

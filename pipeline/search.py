@@ -66,7 +66,7 @@ class TrialRunError(RuntimeError):
 class RunRequest:
     trial: int
     name: str  # the DVC experiment name
-    overrides: dict[str, Scalar]  # every knob, plus seed and distill.max_steps
+    overrides: dict[str, Scalar | None]  # every knob, plus seed and distill.max_steps (None: the profile's value)
     seed: int
     fidelity: str  # "cheap" | "full" | "confirm"
 
@@ -84,6 +84,10 @@ class Setup:
     reference: Reference
     base: Mapping[str, Scalar]
     seed: int
+    # Keys params.yaml leaves null (the profile's value applies). A trial whose value equals the
+    # profile's writes null back, so its params, and therefore its DVC run-cache key, are those
+    # of the committed run: the baseline trial restores every stage instead of retraining.
+    from_profile: frozenset[str] = frozenset()
 
     @property
     def teacher_knobs(self) -> list[str]:
@@ -149,6 +153,28 @@ def open_study(path: str | Path, space: SearchParams) -> optuna.Study:
     if "tag" not in study.user_attrs:  # experiment names stay unique if the file is ever started afresh
         study.set_user_attr("tag", time.strftime("%Y%m%d%H%M%S"))
     return study
+
+
+def profile_keys(params_path: str | Path, keys: list[str]) -> frozenset[str]:
+    """Which of `keys` params.yaml sets to null (the profile's value applies)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(params_path).read_text())
+    null = set()
+    for key in keys:
+        node = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            null.add(key)
+    return frozenset(null)
+
+
+def pin_profile_keys(study: optuna.Study, keys: frozenset[str]) -> frozenset[str]:
+    """`profile_keys` as the study first saw them (later trials rewrite the workspace's params.yaml)."""
+    if "from_profile" not in study.user_attrs:
+        study.set_user_attr("from_profile", sorted(keys))
+    return frozenset(study.user_attrs["from_profile"])
 
 
 def pin_base(study: optuna.Study, base: Mapping[str, Scalar], seed: int) -> tuple[dict[str, Scalar], int]:
@@ -232,12 +258,16 @@ def enqueue_baseline(study: optuna.Study, setup: Setup, log: Callable[[str], Non
 # One trial.
 
 
-def overrides(setup: Setup, params: Mapping[str, Scalar], seed: int, steps: int) -> dict[str, Scalar]:
+def overrides(setup: Setup, params: Mapping[str, Scalar], seed: int, steps: int) -> dict[str, Scalar | None]:
     """Every knob, the seed and the distillation steps: each `dvc exp run` sets all of them, so a
-    trial never inherits a value the previous trial left in the workspace's params.yaml."""
+    trial never inherits a value the previous trial left in the workspace's params.yaml. A value
+    that is the profile's where params.yaml says null is written as null (`Setup.from_profile`)."""
     # Float steps come back from Optuna as 0.6000000000000001: written as 0.6.
     tidy = {key: round(value, 10) if isinstance(value, float) else value for key, value in params.items()}
-    return {**tidy, FIDELITY_KEY: steps, "seed": seed}
+    chosen = {**tidy, FIDELITY_KEY: steps}
+    chosen = {key: None if key in setup.from_profile and value == setup.base.get(key) else value
+              for key, value in chosen.items()}
+    return {**chosen, "seed": seed}
 
 
 def record(trial: Trial, key: str, m: Measurement, name: str) -> None:

@@ -264,3 +264,20 @@ def test_knob_names_that_are_no_param_are_refused_naming_the_file(tmp_path):
     space = SearchParams.model_validate({"knobs": {"prune.ratioo": {"choices": [0.3]}}})
     with pytest.raises(ValueError, match=r"params.yaml.*prune.ratioo"):
         search.base_values(REPO / "params.yaml", space)
+
+
+def test_a_value_the_profile_gives_is_written_as_null_so_the_run_cache_matches_the_committed_run(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("prune:\n  ratio: 0.3\ndistill:\n  layers: null\n  max_steps: null\n")
+    keys = search.profile_keys(params, ["prune.ratio", "distill.layers", "distill.max_steps", "active_select.budget"])
+    assert keys == {"distill.layers", "distill.max_steps", "active_select.budget"}
+    s = Setup(space=SPACE, targets=TARGETS, reference=REFERENCE, base=BASE, seed=42, from_profile=keys)
+    same = search.overrides(s, {"active_select.budget": 11000, "prune.ratio": 0.3, "distill.layers": 3}, 42, 1000)
+    assert same == {"active_select.budget": None, "prune.ratio": 0.3, "distill.layers": None,
+                    "distill.max_steps": None, "seed": 42}
+    other = search.overrides(s, {"active_select.budget": 8000, "prune.ratio": 0.3, "distill.layers": 2}, 43, 250)
+    assert other == {"active_select.budget": 8000, "prune.ratio": 0.3, "distill.layers": 2,
+                     "distill.max_steps": 250, "seed": 43}
+    study = search.open_study(tmp_path / "study.log", SPACE)
+    assert search.pin_profile_keys(study, keys) == keys
+    assert search.pin_profile_keys(study, frozenset()) == keys  # a later start keeps the first start's view
