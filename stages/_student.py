@@ -9,13 +9,15 @@ knows the task (DistilBERT / TinyBERT-style initialisation), not from scratch.
   character and "##" character piece, so any word still splits into known pieces (WordPiece only
   falls back to [UNK] for an unknown character). On the texts it was built from, tokenisation is
   unchanged: every token the full vocabulary produced is kept, and a longer match in the trimmed
-  vocabulary would also have been one in the full vocabulary.
+  vocabulary would also have been one in the full vocabulary. With a size cap (`most_frequent`),
+  only the most frequent tokens stay: a word that used a dropped token splits into smaller pieces.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -55,13 +57,25 @@ def layer_map(kept: list[int]) -> list[tuple[int, int]]:
     return [(0, 0)] + [(j + 1, t + 1) for j, t in enumerate(kept)]
 
 
-def used_token_ids(tokenizer, premises: list[str], hypotheses: list[str], batch: int = 2048) -> set[int]:
-    ids: set[int] = set()
+def token_counts(tokenizer, premises: list[str], hypotheses: list[str], batch: int = 2048) -> Counter[int]:
+    """How often each token id occurs when the pairs are tokenised (special tokens included)."""
+    counts: Counter[int] = Counter()
     for start in range(0, len(premises), batch):
         enc = tokenizer(premises[start : start + batch], hypotheses[start : start + batch])
         for row in enc["input_ids"]:
-            ids.update(row)
-    return ids
+            counts.update(row)
+    return counts
+
+
+def used_token_ids(tokenizer, premises: list[str], hypotheses: list[str], batch: int = 2048) -> set[int]:
+    return set(token_counts(tokenizer, premises, hypotheses, batch))
+
+
+def most_frequent(counts: Counter[int], size: int) -> set[int]:
+    """The `size` most frequent ids (ties broken by the lower id, so the cut does not depend on the
+    order the corpus was read in); `size` 0: every id that occurs."""
+    ranked = sorted(counts, key=lambda i: (-counts[i], i))
+    return set(ranked if size <= 0 else ranked[:size])
 
 
 def trim_vocabulary(model: PreTrainedModel, tokenizer, keep_ids: set[int]):

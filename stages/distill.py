@@ -28,7 +28,7 @@ from stages._io import read_pairs, write_metrics
 from stages._models import load_model, load_pretrained_classifier, save_model
 from stages._params import DistillParams, load_params
 from stages._quantization import count_parameters
-from stages._student import evenly_spaced_layers, keep_layers, layer_map, trim_vocabulary, used_token_ids
+from stages._student import evenly_spaced_layers, keep_layers, layer_map, most_frequent, token_counts, trim_vocabulary
 from stages._training import checkpoint_dir_for, train, train_config
 
 
@@ -80,10 +80,10 @@ def distill(
                         teacher_logits=teacher_logits, device=device)
     metrics.update(layers_kept=kept, vocab_before=student.config.vocab_size)
     if params.trim_vocab:
-        used = used_token_ids(tokenizer, data["premise"].tolist(), data["hypothesis"].tolist())
-        student, tokenizer = trim_vocabulary(student, tokenizer, used)
+        counts = token_counts(tokenizer, data["premise"].tolist(), data["hypothesis"].tolist())
+        student, tokenizer = trim_vocabulary(student, tokenizer, most_frequent(counts, params.vocab_size))
     metrics.update(
-        vocab_after=student.config.vocab_size,
+        vocab_after=student.config.vocab_size, vocab_size_cap=params.vocab_size,
         params_before=params_start, params_after=count_parameters(student),
         alpha=params.alpha, temperature=params.temperature, hidden_weight=params.hidden_weight,
         attention_weight=params.attention_weight,

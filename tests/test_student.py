@@ -68,3 +68,34 @@ def test_trimmed_vocabulary_keeps_predictions_on_its_corpus_and_reloads(tiny_mod
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert out[-3:] == ["1", str(len(small_tok)), str(len(small_tok))]
+
+
+def test_a_capped_vocabulary_keeps_the_most_frequent_tokens_and_still_spells_every_word(tiny_model_dir):
+    from stages._student import most_frequent, token_counts
+
+    model, tok = load_pretrained_classifier(tiny_model_dir)
+    corpus = make_pairs(30)
+    counts = token_counts(tok, corpus["premise"].tolist(), corpus["hypothesis"].tolist())
+    assert set(counts) == used_token_ids(tok, corpus["premise"].tolist(), corpus["hypothesis"].tolist())
+    cap = len(counts) // 2
+    keep = most_frequent(counts, cap)
+    assert len(keep) == cap and min(counts[i] for i in keep) >= max(counts[i] for i in set(counts) - keep)
+    assert most_frequent(counts, 0) == set(counts)
+    full, _ = trim_vocabulary(load_pretrained_classifier(tiny_model_dir)[0], tok, set(counts))
+    capped, small_tok = trim_vocabulary(model, tok, keep)
+    assert capped.config.vocab_size < full.config.vocab_size
+    # The dropped tokens' words split into kept pieces: nothing in the corpus becomes [UNK].
+    ids = small_tok(corpus["premise"].tolist(), corpus["hypothesis"].tolist())["input_ids"]
+    assert small_tok.unk_token_id not in {i for row in ids for i in row}
+
+
+def test_a_vocabulary_cap_without_trimming_is_refused():
+    from pydantic import ValidationError
+
+    from stages._params import DistillParams
+
+    base = {"transfer_size": 0, "layers": 1, "hidden_weight": 0.0, "epochs": 1.0, "batch_size": 8, "max_steps": 1,
+            "learning_rate": 1e-4}
+    assert DistillParams.model_validate({**base, "trim_vocab": True, "vocab_size": 100}).vocab_size == 100
+    with pytest.raises(ValidationError, match="trim_vocab"):
+        DistillParams.model_validate({**base, "trim_vocab": False, "vocab_size": 100})

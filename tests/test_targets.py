@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from pipeline.search_space import SearchParams
 from pipeline.targets import Targets, TargetsError, load_controller_params, load_targets
 
 
@@ -46,9 +47,14 @@ def test_the_repository_search_space_validates_and_names_only_pipeline_params():
     from pipeline.search import base_values
 
     space = load_controller_params(REPO / "params.yaml").search
-    assert space is not None and "prune.ratio" in space.knobs and "active_select.budget" in space.knobs
+    assert space is not None and "prune.ratio" in space.knobs
     base, seed = base_values(REPO / "params.yaml", space)
     assert set(base) == {*space.knobs, "distill.max_steps"} and isinstance(seed, int)
+    # Every knob the default profile leaves out of its study is a param the search can still set.
+    data_knobs = SearchParams.model_validate({"knobs": {"active_select.budget": {"low": 5000, "high": 11000},
+                                                        "augment_pool.fraction": {"choices": [0.0, 0.25]}}})
+    assert set(base_values(REPO / "params.yaml", data_knobs)[0]) == {"active_select.budget", "augment_pool.fraction",
+                                                                      "distill.max_steps"}
 
 
 def test_margins_and_judge_agree_at_and_around_each_target():
