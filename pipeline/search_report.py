@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.plots import VL_SCHEMA, render_png
 from pipeline.reference import Reference
-from pipeline.search import OBJECTIVES, closest_to_targets, confirmed, feasible, recommend
+from pipeline.search import OBJECTIVES, closest_to_targets, confirmed, feasible, nearest, recommend, shortfall
 from pipeline.targets import Targets
 from stages._io import write_atomic, write_json
 
@@ -111,6 +111,12 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
     lines += ["", "## Recommendation", ""]
     if chosen is None:
         lines.append("None: no trial meets every target with its accuracy confirmed over seeds.")
+        near = nearest(trials, targets)
+        if near is not None:
+            run = next((r for r in table if r["trial"] == near.number), {})
+            lines.append(f"Nearest to meeting them all (smallest sum of misses, each as a share of its target: "
+                         f"{shortfall(near, targets):.2f}): trial {near.number} (experiment `{run.get('experiment')}`), "
+                         + ", ".join(f"`{k}={v}`" for k, v in near.params.items()) + ".")
     else:
         run = next((r for r in table if r["trial"] == chosen.number), {})
         lines.append(f"Trial {chosen.number} (experiment `{run.get('experiment')}`): "

@@ -281,3 +281,25 @@ def test_a_value_the_profile_gives_is_written_as_null_so_the_run_cache_matches_t
     study = search.open_study(tmp_path / "study.log", SPACE)
     assert search.pin_profile_keys(study, keys) == keys
     assert search.pin_profile_keys(study, frozenset()) == keys  # a later start keeps the first start's view
+
+
+def test_with_targets_no_trial_meets_the_nearest_is_named_by_its_relative_shortfall(tmp_path):
+    from pipeline import search_report
+
+    unreachable = Targets(max_accuracy_drop_pts=1.0, min_size_ratio=40.0, min_speedup=30.0, min_speedup_b1=30.0,
+                          max_labelled_fraction=0.5)
+    s = study(tmp_path, SPACE.model_copy(update={"cheap_fraction": 1.0}))
+    search.search(s, Setup(space=SPACE.model_copy(update={"cheap_fraction": 1.0}), targets=unreachable,
+                           reference=REFERENCE, base=BASE, seed=42), Fake(), trials=6, log=quiet)
+    trials = s.get_trials()
+    assert search.recommend(trials, unreachable) is None
+    near = search.nearest(trials, unreachable)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    by_hand = {t.number: (max(0, t.constraints["size"]) / 40 + max(0, t.constraints["latency"]) / 30
+                          + max(0, t.constraints["latency_b1"]) / 30 + max(0, t.constraints["accuracy"]) / 1.0
+                          + max(0, t.constraints["data"]) / 0.5) for t in complete}
+    assert near.number == min(by_hand, key=lambda n: (by_hand[n], -trials[n].values[0], n))
+    assert search.shortfall(near, unreachable) == pytest.approx(by_hand[near.number])
+    assert search.incumbent(trials, unreachable).number == near.number
+    text = search_report.markdown(s, unreachable, REFERENCE)
+    assert "None: no trial meets every target" in text and f"trial {near.number} (experiment" in text
