@@ -847,7 +847,8 @@ def tradeoff_rows(records: Sequence[dict], grid: Sequence[Variant] | None = None
 
 
 # Table 2 rows whose verdict the controller reads, and the component each one adds.
-VERDICT_ROWS = {"active+synonym": "synonym", "active+backtranslation": "backtranslation", "active+pseudo": "pseudo"}
+VERDICT_ROWS = {"active+synonym": "synonym", "active+backtranslation": "backtranslation", "active+pseudo": "pseudo",
+                "active+generated": "generated"}
 _VERDICT_BOOL = {"helped": True, "hurt": False, "not shown": None}
 
 

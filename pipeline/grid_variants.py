@@ -51,10 +51,15 @@ OFFLINE_PAIRS = 29_828
 # active@N rows are claims. pseudo_size: pool pairs pseudo-labelled in `active+pseudo`, at most the
 # pool left after the profile's budget. matched_steps: whether the grid has `active@N+steps`, the
 # claim budget trained for the all-labels teacher's optimizer steps (matched_steps(profile)).
+# generated_labels / generated_transfer: the generate stage's counts in the rows that measure its
+# two uses (0: no such row; tiny's grid runs in the tests, which have no language model to start).
 PROFILE_SETTINGS: dict[str, dict] = {
-    "cpu": {"pseudo_size": 2000, "curve_fractions": (0.30, 0.51, 0.70), "matched_steps": True},
-    "gpu": {"pseudo_size": 1500, "curve_fractions": (0.30, 0.51, 0.70), "matched_steps": False},
-    "tiny": {"pseudo_size": 12, "curve_fractions": (0.50, 0.70), "matched_steps": False},
+    "cpu": {"pseudo_size": 2000, "curve_fractions": (0.30, 0.51, 0.70), "matched_steps": True,
+            "generated_labels": 150, "generated_transfer": 300},
+    "gpu": {"pseudo_size": 1500, "curve_fractions": (0.30, 0.51, 0.70), "matched_steps": False,
+            "generated_labels": 300, "generated_transfer": 1000},
+    "tiny": {"pseudo_size": 12, "curve_fractions": (0.50, 0.70), "matched_steps": False,
+             "generated_labels": 0, "generated_transfer": 0},
 }
 
 
@@ -250,6 +255,28 @@ def grid_for(
             claim=True,
         ),
     ]
+    # The generate stage's two uses (docs/generate.md), each against the row it adds to, over seeds.
+    if settings["generated_labels"]:
+        variants.append(Variant(
+            "active+generated",
+            f"active + label-conditioned pairs the language model wrote for {settings['generated_labels']} labelled "
+            "premises, kept where the acquisition model agrees (generate use b), no augmentation",
+            {"active_select.strategy": "entropy", **NO_AUGMENTATION, "active_select.keep_model": True,
+             "generate.label_count": settings["generated_labels"]},
+            ("data",),
+            parent="active",
+            claim=True,
+        ))
+    if settings["generated_transfer"]:
+        variants.append(Variant(
+            "sec+generated-transfer",
+            f"default params + {settings['generated_transfer']} transfer pairs the language model wrote, soft labels "
+            "from the teacher (generate use a): judged on the deployed model against sec's",
+            {"generate.transfer_count": settings["generated_transfer"]},
+            (),
+            parent="sec",
+            claim=True,
+        ))
     for strategy, label in (("random", "random"), ("entropy", "active")):
         for budget in points:
             if budget == default_budget:
@@ -313,6 +340,9 @@ def claims_for(rows: Sequence[Variant]) -> list[Claim]:
     out += [
         Claim(f"{active_70} (fewer labels) vs all labels", "all-labels", active_70),
         Claim("SEC deployed (quantized) vs the all-labels teacher", "all-labels", "sec", variant_model="quantized"),
+        Claim("generated label-conditioned pairs (use b): active+generated vs active", "active", "active+generated"),
+        Claim("generated transfer pairs (use a): deployed model with them vs sec's", "sec", "sec+generated-transfer",
+              baseline_model="quantized", variant_model="quantized"),
     ]
     return [c for c in out if c.baseline in names and c.variant in names]
 
