@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from conftest import make_tiny_repo, run_cmd
-from pipeline.ui_check import free_port, wait_healthy
+from pipeline.ui_check import chromium, free_port, screenshot, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -172,6 +172,11 @@ def test_grid_cells_fan_out_over_two_workers_and_a_killed_cell_is_rerun_alone(tm
         assert rerun["failed"] == [] and rerun["missing"] == []
         assert [r["worker"] for r in rerun["runs"]] == [w for w in WORKERS if w != killed_worker]
         assert cells | {"grid-random-s44", "grid-active-s44"} <= shown_experiments(repo)
+        shot = os.environ.get("SEC_FANOUT_SCREENSHOT")  # docs/prefect-fanout.png is made this way
+        if shot and chromium():
+            api = env["PREFECT_API_URL"].removesuffix("/api")
+            screenshot(f"{api}/runs?tags=sec-grid", Path(shot), tmp_path / "chromium")
+            assert Path(shot).read_bytes()[:4] == b"\x89PNG"
     print(f"fan-out test took {time.monotonic() - started:.0f} s")
 
 
