@@ -127,8 +127,12 @@ def base_values(params_path: str | Path, space: SearchParams) -> tuple[dict[str,
 # The study and its storage.
 
 
-def sampler(space: SearchParams) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=space.startup_trials)
+def sampler(space: SearchParams, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE, seeded with `sampler_seed` + the trials the study already has: a study continued after
+    a stop must not replay the random draws of its first start (the same seed twice made the first
+    default-profile study sample one configuration twice), and the same file still gives the same
+    draws on every machine."""
+    return optuna.samplers.TPESampler(seed=space.sampler_seed + trials_so_far, n_startup_trials=space.startup_trials)
 
 
 def open_study(path: str | Path, space: SearchParams) -> optuna.Study:
@@ -401,7 +405,7 @@ def search(study: optuna.Study, setup: Setup, runner: Runner, trials: int,
     """Add `trials` trials to the study (after recovering interrupted ones); returns their states."""
     recover_interrupted(study, log)
     enqueue_baseline(study, setup, log)
-    base_sampler = sampler(setup.space)
+    base_sampler = sampler(setup.space, len(study.get_trials(deepcopy=False)))
     states = []
     for _ in range(trials):
         trial, params = ask(study, setup, base_sampler)

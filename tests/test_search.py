@@ -153,7 +153,9 @@ def test_a_failed_run_is_a_failed_trial_and_the_study_goes_on(tmp_path):
     assert states[0] == TrialState.FAIL and len(states) == 5
     failed = s.get_trials()[0]
     assert "failed to reproduce 'distill'" in failed.user_attrs["error"] and failed.values is None
-    assert any(state == TrialState.COMPLETE for state in states[1:])
+    # The study went on: every later trial ran, and some finished (complete, or pruned after its cheap pass).
+    assert {r.trial for r in fake.requests} >= {1, 2, 3, 4}
+    assert any(state in (TrialState.COMPLETE, TrialState.PRUNED) for state in states[1:])
     # A failed trial is never recommended.
     chosen = search.recommend(s.get_trials(), TARGETS)
     assert chosen is None or chosen.number != 0
@@ -303,3 +305,13 @@ def test_with_targets_no_trial_meets_the_nearest_is_named_by_its_relative_shortf
     assert search.incumbent(trials, unreachable).number == near.number
     text = search_report.markdown(s, unreachable, REFERENCE)
     assert "None: no trial meets every target" in text and f"trial {near.number} (experiment" in text
+
+
+def test_a_continued_study_does_not_replay_the_draws_of_its_first_start(tmp_path):
+    space = SPACE.model_copy(update={"startup_trials": 50, "teacher_every": 1, "cheap_fraction": 1.0})
+    s = study(tmp_path, space)
+    search.search(s, setup(space), Fake(), trials=4, log=quiet)
+    first = [t.params for t in s.get_trials()[1:4]]  # trial 0 is the queued baseline
+    search.search(search.open_study(tmp_path / "study.log", space), setup(space), Fake(), trials=3, log=quiet)
+    again = [t.params for t in s.get_trials()[4:7]]
+    assert len(again) == 3 and again != first
