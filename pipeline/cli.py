@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 WORK_POOL = "sec-gpu"
 
 
@@ -92,7 +94,13 @@ def _controller(args) -> int:
         return 0
     from pipeline.controller import sec_controller
 
-    summary = sec_controller(trials=args.trials, apply=args.apply)
+    queued = {}
+    for item in args.enqueue or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--enqueue {item!r}: expected KEY=VALUE, e.g. prune.ratio=0.4")
+        queued[key] = yaml.safe_load(value)
+    summary = sec_controller(trials=args.trials, apply=args.apply, queued=queued or None)
     print(f"{len(summary['trials'])} trial(s) run ({', '.join(summary['trials']) or 'none'}); "
           f"{summary['study_trials']} in the study; recommended: "
           f"{'trial ' + str(summary['recommended']) if summary['recommended'] is not None else 'none'}"
@@ -183,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("controller", help="run the synergy controller's search here (Optuna study, one dvc exp run per trial)")
     p.add_argument("--trials", type=int, default=None, help="trials to add to the study (default controller.search.trials; 0: report only)")
     p.add_argument("--apply", action="store_true", help="dvc exp apply the recommended trial's experiment at the end")
+    p.add_argument("--enqueue", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="a configuration for the study to try next (knobs left out are sampled)")
     p.add_argument("--pin-reference", nargs="+", metavar="RUN", default=None,
                    help="pin controller/reference.json from these runs' teacher dev accuracy (checkouts differing only in seed), then exit")
     p.set_defaults(func=_controller)

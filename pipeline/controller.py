@@ -82,15 +82,19 @@ def apply_recommendation(repo: Path, study, setup: Setup, dvc: Callable[[list[st
 
 
 def control(repo: str | Path, trials: int | None, apply: bool, run_experiment: Callable[[RunRequest], None],
-            dvc: Callable[[list[str]], str], log: Callable[[str], None] = print) -> dict:
-    """Open (or continue) the study, run `trials` more trials, write reports/search/, and with
-    `apply` apply the recommendation. run_experiment(request) runs one `dvc exp run`."""
+            dvc: Callable[[list[str]], str], log: Callable[[str], None] = print,
+            queued: dict[str, object] | None = None) -> dict:
+    """Open (or continue) the study, queue `queued` (a configuration to try next), run `trials`
+    more trials, write reports/search/, and with `apply` apply the recommendation.
+    run_experiment(request) runs one `dvc exp run`."""
     repo = Path(repo)
     cfg = load_controller_params(repo / "params.yaml")
     if cfg.search is None:
         raise TargetsError(f"{repo / 'params.yaml'}: no `controller.search` section: nothing to search")
     study = search.open_study(repo / search.STORAGE, cfg.search)
     setup = setup_for(repo, study, cfg)
+    if queued:
+        log(f"queued {search.enqueue(study, cfg.search, queued)}")
 
     def runner(request: RunRequest) -> Measurement:
         run_experiment(request)
@@ -149,14 +153,16 @@ def controller_trial(trial: int, fidelity: str, seed: int, changes: dict[str, ob
 
 
 @flow(name="sec-controller", log_prints=True)
-def sec_controller(trials: int | None = None, apply: bool = False, repo: str = ".") -> dict:
-    """Run `trials` more trials of the study (default controller.search.trials), write the
-    Pareto front to reports/search/, and with `apply` apply the recommended configuration."""
+def sec_controller(trials: int | None = None, apply: bool = False, repo: str = ".",
+                   queued: dict[str, object] | None = None) -> dict:
+    """Run `trials` more trials of the study (default controller.search.trials), the `queued`
+    configuration first, write the Pareto front to reports/search/, and with `apply` apply the
+    recommended configuration."""
     logger = get_run_logger()
     deployed = load_controller_params(Path(repo) / "params.yaml").deployed_model
     return control(
         repo, trials, apply,
         run_experiment=lambda r: controller_trial(r.trial, r.fidelity, r.seed, r.overrides, r.name, repo, deployed),
         dvc=lambda cmd: run_streaming(cmd, repo, logger.info),
-        log=logger.info,
+        log=logger.info, queued=queued,
     )

@@ -256,6 +256,19 @@ def ask(study: optuna.Study, setup: Setup, base_sampler: optuna.samplers.BaseSam
     return trial, params
 
 
+def enqueue(study: optuna.Study, space: SearchParams, values: Mapping[str, Scalar]) -> dict[str, Scalar]:
+    """Queue a configuration to try next (`sec controller --enqueue KEY=VALUE ...`): a person's
+    guess joins the study as a trial like the others. Knobs left out are sampled; a key that is no
+    knob, or a value outside its knob's range, is refused with the key."""
+    for key, value in values.items():
+        if key not in space.knobs:
+            raise ValueError(f"--enqueue {key}: not a knob of controller.search.knobs ({', '.join(space.knobs)})")
+        if not space.knobs[key].contains(value):
+            raise ValueError(f"--enqueue {key}={value!r}: outside the knob's space {space.knobs[key].model_dump(exclude_none=True)}")
+    study.enqueue_trial(dict(values), user_attrs={"enqueued": True})
+    return dict(values)
+
+
 def enqueue_baseline(study: optuna.Study, setup: Setup, log: Callable[[str], None] = print) -> bool:
     """An empty study starts with the repository's own recipe, when the space contains it: the
     run-cache makes it nearly free, and it is the point every other trial is read against."""

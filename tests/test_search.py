@@ -315,3 +315,17 @@ def test_a_continued_study_does_not_replay_the_draws_of_its_first_start(tmp_path
     search.search(search.open_study(tmp_path / "study.log", space), setup(space), Fake(), trials=3, log=quiet)
     again = [t.params for t in s.get_trials()[4:7]]
     assert len(again) == 3 and again != first
+
+
+def test_an_enqueued_configuration_is_the_next_trial_and_bad_keys_or_values_are_refused(tmp_path):
+    s = study(tmp_path)
+    search.search(s, setup(), Fake(), trials=1, log=quiet)  # the baseline
+    assert search.enqueue(s, SPACE, {"prune.ratio": 0.5, "distill.layers": 2}) == {"prune.ratio": 0.5, "distill.layers": 2}
+    search.search(s, setup(), Fake(), trials=1, log=quiet)
+    trial = s.get_trials()[-1]
+    assert trial.params["prune.ratio"] == 0.5 and trial.params["distill.layers"] == 2 and trial.user_attrs["enqueued"]
+    assert "active_select.budget" in trial.params  # the knob left out was sampled
+    with pytest.raises(ValueError, match="distill.student"):
+        search.enqueue(s, SPACE, {"distill.student": "pruned"})
+    with pytest.raises(ValueError, match="prune.ratio=0.95"):
+        search.enqueue(s, SPACE, {"prune.ratio": 0.95})
