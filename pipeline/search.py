@@ -190,8 +190,9 @@ def pin_base(study: optuna.Study, base: Mapping[str, Scalar], seed: int) -> tupl
         study.set_user_attr("seed", int(seed))
     pinned = dict(study.user_attrs["base"])
     missing = [key for key in base if key not in pinned]
-    if missing:  # a knob added to the space since: its value now
+    if missing:  # a knob added to the space since: its value now, which the earlier trials ran with
         pinned.update({key: base[key] for key in missing})
+        study.set_user_attr("base", pinned)
     return pinned, int(study.user_attrs["seed"])
 
 

@@ -23,17 +23,30 @@ from stages._io import write_atomic, write_json
 OUT = Path("reports") / "search"
 
 
-def rows(trials: Sequence[FrozenTrial], reference: Reference) -> list[dict]:
-    """One row per completed trial: knobs, objective values (mean over its seeds), verdicts."""
+def _tidy(value):
+    """0.30000000000000004 (Optuna's float steps) -> 0.3."""
+    return round(value, 10) if isinstance(value, float) else value
+
+
+def rows(trials: Sequence[FrozenTrial], reference: Reference, base: dict | None = None) -> list[dict]:
+    """One row per completed trial: knobs (a knob added to the space after the trial ran: the
+    study's base value, which it ran with), objective values (mean over its seeds), verdicts, and
+    `repeat_of`: the earlier trial with the same knobs, if any (the run-cache returns its runs)."""
     out = []
+    seen: dict[tuple, int] = {}
+    knob_names = sorted({k for t in trials for k in t.params})
     for t in trials:
         if t.state != TrialState.COMPLETE:
             continue
+        knobs = {k: _tidy(t.params.get(k, (base or {}).get(k))) for k in knob_names}
+        key = tuple(sorted(knobs.items()))
+        repeat_of = seen.setdefault(key, t.number)
         values = dict(zip([name for name, _ in OBJECTIVES], t.values))
         # The full-steps run at the base seed: the experiment `--apply` applies, its sizes and times.
         full = next((v for k, v in t.user_attrs.items() if k.startswith("run:full:")), {})
         out.append({
-            "trial": t.number, **{f"knob:{k}": v for k, v in t.params.items()}, **values,
+            "trial": t.number, **{f"knob:{k}": v for k, v in knobs.items()}, **values,
+            "repeat_of": repeat_of if repeat_of != t.number else None,
             "drop_pts": reference.accuracy_drop_pts(values["accuracy"]),
             "size_mb": full.get("size_mb"), "latency_ms_b32": full.get("latency_ms_b32"),
             "latency_ms_b1": full.get("latency_ms_b1"), "experiment": full.get("experiment"),
@@ -82,8 +95,9 @@ def stopped_early(trials: Sequence[FrozenTrial], reference: Reference) -> list[s
 
 def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str:
     trials = study.get_trials(deepcopy=False)
-    table = rows(trials, reference)
-    front = sorted(pareto(table), key=lambda r: -r["accuracy"])
+    table = rows(trials, reference, study.user_attrs.get("base"))
+    repeats = [r for r in table if r["repeat_of"] is not None]
+    front = sorted(pareto([r for r in table if r["repeat_of"] is None]), key=lambda r: -r["accuracy"])
     counts = {state.name: sum(t.state == state for t in trials)
               for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
     knobs = sorted({k for r in table for k in r if k.startswith("knob:")})
@@ -106,6 +120,9 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
                      f" | {'yes' + (' (confirmed)' if r['confirmed'] else '') if r['feasible'] else 'no'} |")
     if not front:
         lines.append("| (no completed trial yet) |")
+    if repeats:
+        lines += ["", "Drawn again (the same knobs as an earlier trial; DVC's run-cache returned its runs): "
+                  + ", ".join(f"trial {r['trial']} = trial {r['repeat_of']}" for r in repeats) + "."]
     lines += stopped_early(trials, reference)
     chosen = recommend(trials, targets)
     lines += ["", "## Recommendation", ""]
@@ -116,11 +133,11 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
             run = next((r for r in table if r["trial"] == near.number), {})
             lines.append(f"Nearest to meeting them all (smallest sum of misses, each as a share of its target: "
                          f"{shortfall(near, targets):.2f}): trial {near.number} (experiment `{run.get('experiment')}`), "
-                         + ", ".join(f"`{k}={v}`" for k, v in near.params.items()) + ".")
+                         + ", ".join(f"`{k}={_tidy(v)}`" for k, v in near.params.items()) + ".")
     else:
         run = next((r for r in table if r["trial"] == chosen.number), {})
         lines.append(f"Trial {chosen.number} (experiment `{run.get('experiment')}`): "
-                     + ", ".join(f"`{k}={v}`" for k, v in chosen.params.items())
+                     + ", ".join(f"`{k}={_tidy(v)}`" for k, v in chosen.params.items())
                      + ". Apply it with `sec controller --apply`.")
     closest = closest_to_targets(trials)
     if closest:
@@ -132,6 +149,7 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
 def plot_spec(table: list[dict]) -> dict:
     """Accuracy against speed-up at batch 32 and against size ratio; colour: labelled fraction;
     filled: on the Pareto front; shape: meets every target."""
+    table = [r for r in table if r.get("repeat_of") is None]  # a repeat would sit on its original
     front = {r["trial"] for r in pareto(table)}
     values = [{**{k: v for k, v in r.items() if not k.startswith("knob:")}, "front": r["trial"] in front,
                "meets": "meets targets" if r["feasible"] else "misses a target"} for r in table]
@@ -161,7 +179,7 @@ def plot_spec(table: list[dict]) -> dict:
 def write(study: optuna.Study, targets: Targets, reference: Reference, out_dir: str | Path = OUT) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = rows(study.get_trials(deepcopy=False), reference)
+    table = rows(study.get_trials(deepcopy=False), reference, study.user_attrs.get("base"))
     paths = [write_atomic(out / "pareto.md", markdown(study, targets, reference))]
     write_json(table, out / "trials.json")
     paths.append(out / "trials.json")

@@ -329,3 +329,17 @@ def test_an_enqueued_configuration_is_the_next_trial_and_bad_keys_or_values_are_
         search.enqueue(s, SPACE, {"distill.student": "pruned"})
     with pytest.raises(ValueError, match="prune.ratio=0.95"):
         search.enqueue(s, SPACE, {"prune.ratio": 0.95})
+
+
+def test_the_report_lists_a_configuration_drawn_twice_once_and_names_the_repeat(tmp_path):
+    from pipeline import search_report
+
+    space = SPACE.model_copy(update={"cheap_fraction": 1.0})
+    s = study(tmp_path, space)
+    search.search(s, setup(space), Fake(), trials=1, log=quiet)  # the baseline, trial 0
+    search.enqueue(s, space, {"active_select.budget": 11000, "prune.ratio": 0.30000000000000004, "distill.layers": 3})
+    search.search(s, setup(space), Fake(), trials=1, log=quiet)
+    text = search_report.markdown(s, TARGETS, REFERENCE)
+    assert "trial 1 = trial 0" in text
+    front_rows = [line for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert len(front_rows) == 1 and "0.30000000000000004" not in text
