@@ -4,13 +4,13 @@
 #   bash scripts/seed_runs.sh OUT SEEDS [KEY=VALUE ...]
 #   bash scripts/seed_runs.sh reports/search/confirm "42 43 44" prune.ratio=0.5 distill.layers=2
 #
-# For each seed: a clone of this repository's HEAD in .sec-seeds/s<seed> (ignored) that shares this
-# checkout's DVC cache, so DVC's run-cache restores every stage any earlier run computed with the
+# For each seed: a clone of this repository's HEAD beside it, <checkout>-s<seed> (beside, so that
+# relative paths such as data.local_dir ../shared/... resolve as here), that shares this checkout's DVC cache, so DVC's run-cache restores every stage any earlier run computed with the
 # same inputs (the seed you already ran costs a minute), and `dvc exp run -S seed=<seed> -S KEY=VALUE`.
 # Runs one seed at a time: two training runs on one CPU only slow each other down. Then
 # `python -m pipeline.seed_summary` over the checkouts writes OUT.md and OUT.json (test and dev,
 # every model against its own teacher, paired on the same examples). A finished checkout is kept
-# and not rerun; delete .sec-seeds/ to start over.
+# and not rerun; delete <checkout>-s<seed> to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
@@ -23,7 +23,7 @@ root=$(pwd)
 cache=$(dvc cache dir)
 runs=()
 for seed in $seeds; do
-  dir="$root/.sec-seeds/s$seed"
+  dir="$root-s$seed"
   runs+=("$dir")
   if [ -f "$dir/.seed-run-done" ]; then
     echo "seed $seed: done before ($dir)"; continue
