@@ -29,7 +29,10 @@ from pipeline.dag import STAGE_ORDER
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--window-size=1600,1100", "--virtual-time-budget=20000",
+    "--hide-scrollbars", "--window-size=1600,1100",
+    # The UI fetches its lists after the first paint: give it (virtual) time, and paint every
+    # compositor stage before the capture, else a busy machine gets the page mid-fade, list empty.
+    "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw",
 ]
 
 

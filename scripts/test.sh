@@ -11,4 +11,5 @@ source scripts/env.sh
 # this took the suite from 27 min 21 s to 17 min 6 s. `--dist loadfile` keeps each file (and its
 # module-scoped fixtures) on one worker. Pass `-n 0` to run serially.
 workers=$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
-python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@"
+# --durations: the slowest tests are listed at the end of every run (CI keeps the time in view).
+python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile --durations=25 "$@"

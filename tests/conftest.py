@@ -162,3 +162,15 @@ def make_tiny_repo(root: Path, shared: Path | None = None) -> Path:
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with an end-to-end (slow) test go first.
+
+    pytest-xdist (`--dist loadfile`) hands out whole files in collection order. In alphabetical
+    order the long end-to-end files came last and ran one after another on one worker while the
+    other sat idle; started first, the many fast files fill the other worker around them.
+    The sort is stable, so tests keep their order inside a file.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
