@@ -1,7 +1,7 @@
 """What the controller's study shows: the Pareto front as a table and a plot, the recommendation,
 and the trial closest to each target. Written to reports/search/ from the study alone (dev numbers).
 
-    reports/search/pareto.md    every measured trial on the front, the recommendation, the misses
+    reports/search/pareto.md    the Pareto front, the trials off it, the recommendation, the misses
     reports/search/pareto.png   accuracy vs speed-up (batch 32) and vs size ratio, coloured by labels
     reports/search/trials.json  one row per trial, for other tools
 """
@@ -56,15 +56,19 @@ def rows(trials: Sequence[FrozenTrial], reference: Reference, base: dict | None 
     return out
 
 
+def dominator(row: dict, others: list[dict]) -> dict | None:
+    """A row of `others` at least as good as `row` on every objective and better on one."""
+    signs = {name: 1 if direction == "maximize" else -1 for name, direction in OBJECTIVES}
+    for other in others:
+        pairs = [(signs[k] * other[k], signs[k] * row[k]) for k in signs]
+        if all(x >= y for x, y in pairs) and any(x > y for x, y in pairs):
+            return other
+    return None
+
+
 def pareto(table: list[dict]) -> list[dict]:
     """Rows no other row dominates on every objective (at least as good on all, better on one)."""
-    signs = {name: 1 if direction == "maximize" else -1 for name, direction in OBJECTIVES}
-
-    def dominates(a: dict, b: dict) -> bool:
-        pairs = [(signs[k] * a[k], signs[k] * b[k]) for k in signs]
-        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-    return [r for r in table if not any(dominates(o, r) for o in table)]
+    return [r for r in table if dominator(r, table) is None]
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -101,6 +105,9 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
     counts = {state.name: sum(t.state == state for t in trials)
               for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
     knobs = sorted({k for r in table for k in r if k.startswith("knob:")})
+    header = ["| trial | " + " | ".join(k.removeprefix("knob:") for k in knobs)
+              + " | dev acc % | drop pts | size × | speed-up b32 × | b1 × | labels % | seeds | meets targets |",
+              "|---" * (len(knobs) + 9) + "|"]
     lines = [
         "# The controller's search: Pareto front (dev)", "",
         f"{len(trials)} trials: " + ", ".join(f"{n} {name.lower()}" for name, n in counts.items() if n) + ". "
@@ -109,17 +116,23 @@ def markdown(study: optuna.Study, targets: Targets, reference: Reference) -> str
         f"points, ≥ {targets.min_size_ratio}× smaller, ≥ {targets.min_speedup}× faster at batch 32"
         + (f" and ≥ {targets.min_speedup_b1}× at batch 1" if targets.min_speedup_b1 else "")
         + f", ≤ {100 * targets.max_labelled_fraction:.0f} % of the labels. Dev only: the test split is not read.", "",
-        "| trial | " + " | ".join(k.removeprefix("knob:") for k in knobs)
-        + " | dev acc % | drop pts | size × | speed-up b32 × | b1 × | labels % | seeds | meets targets |",
-        "|---" * (len(knobs) + 9) + "|",
+        *header,
     ]
-    for r in front:
-        lines.append(f"| {r['trial']} | " + " | ".join(str(r.get(k, "–")) for k in knobs)
-                     + f" | {100 * r['accuracy']:.2f} | {r['drop_pts']:+.2f} | {_fmt(r['size_ratio'])} | {_fmt(r['speedup'])}"
-                     f" | {_fmt(r['speedup_b1'])} | {100 * r['labelled_fraction']:.1f} | {r['seeds']}"
-                     f" | {'yes' + (' (confirmed)' if r['confirmed'] else '') if r['feasible'] else 'no'} |")
+    def row(r: dict) -> str:
+        return (f"| {r['trial']} | " + " | ".join(str(r.get(k, "–")) for k in knobs)
+                + f" | {100 * r['accuracy']:.2f} | {r['drop_pts']:+.2f} | {_fmt(r['size_ratio'])} | {_fmt(r['speedup'])}"
+                f" | {_fmt(r['speedup_b1'])} | {100 * r['labelled_fraction']:.1f} | {r['seeds']}"
+                f" | {'yes' + (' (confirmed)' if r['confirmed'] else '') if r['feasible'] else 'no'} |")
+
+    lines += [row(r) for r in front]
     if not front:
         lines.append("| (no completed trial yet) |")
+    # Every measured configuration is shown: the ones off the front with the trial that beats them.
+    behind = sorted((r for r in table if r["repeat_of"] is None and r not in front), key=lambda r: -r["accuracy"])
+    if behind:
+        lines += ["", "Off the front (a trial on it is at least as good on every objective):", "",
+                  header[0] + " beaten by |", header[1] + "---|"]
+        lines += [row(r) + f" trial {dominator(r, front)['trial']} |" for r in behind]
     if repeats:
         lines += ["", "Drawn again (the same knobs as an earlier trial; DVC's run-cache returned its runs): "
                   + ", ".join(f"trial {r['trial']} = trial {r['repeat_of']}" for r in repeats) + "."]

@@ -3,6 +3,7 @@ after a kill, failed trials, confirmation over seeds, teacher reuse, cheap-pass 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -343,3 +344,19 @@ def test_the_report_lists_a_configuration_drawn_twice_once_and_names_the_repeat(
     assert "trial 1 = trial 0" in text
     front_rows = [line for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
     assert len(front_rows) == 1 and "0.30000000000000004" not in text
+
+
+def test_the_report_shows_a_trial_off_the_front_and_the_trial_that_beats_it(tmp_path):
+    from pipeline import search_report
+
+    space = SPACE.model_copy(update={"cheap_fraction": 1.0})
+    s = study(tmp_path, space)
+    search.search(s, setup(space), Fake(), trials=1, log=quiet)  # the baseline, trial 0: prune 0.3
+    # In Fake, prune 0.4 keeps the accuracy and is smaller and faster: it beats the baseline.
+    search.enqueue(s, space, {"active_select.budget": 11000, "prune.ratio": 0.4, "distill.layers": 3})
+    search.search(s, setup(space), Fake(), trials=1, log=quiet)
+    text = search_report.markdown(s, TARGETS, REFERENCE)
+    front, behind = text.split("Off the front")
+    assert [line.split(" |")[0] for line in front.splitlines() if re.match(r"\| \d+ \|", line)] == ["| 1"]
+    behind_rows = [line for line in behind.splitlines() if line.startswith("| 0 |")]
+    assert len(behind_rows) == 1 and behind_rows[0].endswith("| trial 1 |")
