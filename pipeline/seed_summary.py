@@ -72,10 +72,10 @@ def _fmt(c: dict, digits: int = 2, signed: bool = False) -> str:
     return f"{c['mean']:{sign}.{digits}f} [{c['low']:{sign}.{digits}f}, {c['high']:{sign}.{digits}f}]"
 
 
-def markdown(summary: dict, *, with_speed: bool = True) -> str:
+def markdown(summary: dict, *, with_speed: bool = True, title: str = "Default profile over seeds") -> str:
     seeds = ", ".join(str(s) for s in summary["seeds"])
     lines = [
-        "# Default profile over seeds",
+        f"# {title}",
         "",
         f"Seeds {seeds}: runs that differ only in `seed`. Mean [95 % Student-t interval] over seeds. "
         "Test = validation_matched (reported only); dev = the held-out dev split "
@@ -116,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/seeds", help="writes <out>.md and <out>.json")
     parser.add_argument("--no-speed", action="store_true",
                         help="leave the speed-ups out of the table (runs timed while sharing the CPU)")
+    parser.add_argument("--title", default="Default profile over seeds",
+                        help="the report's heading (say which configuration the runs share)")
     args = parser.parse_args(argv)
     runs = [load_run(r) for r in args.runs]
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         parser.error(f"runs must differ in seed; got seeds {seeds}")
     summary = summarise(runs)
-    text = markdown(summary, with_speed=not args.no_speed)
+    text = markdown(summary, with_speed=not args.no_speed, title=args.title)
     with atomic_path(f"{args.out}.md") as tmp:
         tmp.write_text(text)
     write_json({**summary, "runs": [r["directory"] for r in runs]}, f"{args.out}.json")

@@ -46,4 +46,4 @@ for seed in $seeds; do
   (cd "$dir" && dvc cache dir --local "$cache" && dvc exp run "${args[@]}")
   printf 'seed %s: %s s\nconfig: %s\n' "$seed" "$(( $(date +%s) - start ))" "$config" | tee "$dir/.seed-run-done"
 done
-python -m pipeline.seed_summary "${runs[@]}" --out "$out"
+python -m pipeline.seed_summary "${runs[@]}" --out "$out" --title "${config:+Over seeds: }${config:-Default profile over seeds}"
