@@ -276,19 +276,33 @@ def generate_labelled(labelled: pd.DataFrame, ask: Ask, check: Check | None, par
                 candidates.append((premise, hypothesis, label))
     kept, check_metrics = _checked(candidates, check, params.min_confidence)
     counts.update(kept=len(kept), premises=len(picked), **check_metrics)
+    if candidates and not kept:
+        # Say so where the user looks (the stage's line and metrics): the run then trains exactly
+        # as without use (b), which is easy to take for a measurement of it.
+        counts["status"] = (
+            f"on, but none of {len(candidates)} candidates kept: the acquisition model gave the intended "
+            f"label >= generate.min_confidence={params.min_confidence} to none (its top label was the intended "
+            f"one for {check_metrics['agree_top']}); lower generate.min_confidence or train a stronger "
+            "acquisition model (active_select)")
     return _frame(kept, params.weight), _finish(counts)
 
 
 def _checked(candidates: list[tuple[str, str, int]], check: Check, min_confidence: float) -> tuple[list, dict]:
     """Keep the pairs whose intended label the check model predicts with >= min_confidence."""
     if not candidates:
-        return [], {"check_rejected": 0, "kept_by_label": dict.fromkeys(LABEL_NAMES, 0), "min_confidence": min_confidence}
-    probs = np.asarray(check([c[0] for c in candidates], [c[1] for c in candidates]))
+        return [], {"check_rejected": 0, "kept_by_label": dict.fromkeys(LABEL_NAMES, 0), "min_confidence": min_confidence,
+                    "agree_top": 0, "intended_prob_median": None}
+    probs = np.asarray(check([c[0] for c in candidates], [c[1] for c in candidates]))  # (candidates, 3)
     intended = np.array([c[2] for c in candidates])
-    agree = (probs.argmax(axis=1) == intended) & (probs[np.arange(len(candidates)), intended] >= min_confidence)
+    intended_prob = probs[np.arange(len(candidates)), intended]
+    top = probs.argmax(axis=1) == intended
+    agree = top & (intended_prob >= min_confidence)
     kept = [c for c, ok in zip(candidates, agree) if ok]
     return kept, {
         "check_rejected": int((~agree).sum()),
+        # How the check saw the candidates, whatever the threshold: to choose min_confidence.
+        "agree_top": int(top.sum()),
+        "intended_prob_median": round(float(np.median(intended_prob)), 4),
         "kept_by_label": {name: int(((intended == i) & agree).sum()) for i, name in enumerate(LABEL_NAMES)},
         "min_confidence": min_confidence,
     }

@@ -174,6 +174,14 @@ def test_label_conditioned_pairs_are_kept_only_where_the_check_agrees(fake):
     assert sorted(conditioned["label"].tolist()) == [0, 0, 2]
     assert (conditioned["weight"] == 0.5).all() and (conditioned["source"] == "generated").all()
     assert conditioned.loc[conditioned["label"] == 2, "hypothesis"].tolist() == ["The chef cooks rice. (contradicts)"]
+    assert m["agree_top"] == 4 and m["status"] == "on"
+
+    # A check that never reaches min_confidence keeps nothing, and the stage says so and why.
+    unsure = lambda premises, hypotheses: np.full((len(hypotheses), 3), 1 / 3)  # noqa: E731
+    _, conditioned, metrics = generate(pool, labelled, dev_test, _ask(server, params), params, seed=0, check=unsure)
+    m = metrics["label"]
+    assert len(conditioned) == 0 and m["kept"] == 0 and m["intended_prob_median"] == pytest.approx(1 / 3, abs=1e-4)
+    assert "none of 6 candidates kept" in m["status"] and "generate.min_confidence=0.7" in m["status"]
 
 
 def test_both_uses_off_give_empty_frames_with_the_schema_and_say_off():
