@@ -42,6 +42,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_tree(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate a process started here and everything it started (a worker's flow runs, the
+    server's uvicorn): terminating the parent alone leaves those running."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in reversed(tree):
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for p in alive:
+        p.kill()
+
+
 def wait_healthy(api: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,11 +136,7 @@ def check(repo: Path, out: Path, timeout: float = 1500) -> dict:
         return summary
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_tree(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -42,7 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.grid_tables import collect  # noqa: E402
-from pipeline.ui_check import free_port, wait_healthy  # noqa: E402
+from pipeline.ui_check import free_port, stop_tree, wait_healthy  # noqa: E402
 from stages._determinism import cpu_info  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -54,22 +54,6 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` in {cwd} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result.stdout
-
-
-def stop_tree(proc: subprocess.Popen) -> None:
-    """Terminate a process this script started and everything it started (flow runs included)."""
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in reversed(tree):
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for p in alive:
-        p.kill()
 
 
 def link_data(repo: Path, clone: Path) -> None:

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from conftest import make_tiny_repo, run_cmd
-from pipeline.ui_check import chromium, free_port, screenshot, wait_healthy
+from pipeline.ui_check import chromium, free_port, screenshot, stop_tree, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -40,22 +40,6 @@ def _env(api: str, home: Path, repo: Path) -> dict[str, str]:
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     env.pop("SEC_GPU_LIMIT", None)
     return env
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process this test started, and what it started."""
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in reversed(tree):
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=20)
-    for p in alive:
-        p.kill()
 
 
 @contextmanager
@@ -81,7 +65,7 @@ def cluster(tmp_path: Path, repo: Path):
         yield env, procs
     finally:
         for proc in reversed(list(procs.values())):
-            _stop(proc)
+            stop_tree(proc)
 
 
 def start_grid(repo: Path, env: dict, seeds: int, out: Path, procs: dict) -> subprocess.Popen:
