@@ -100,7 +100,14 @@ def _controller(args) -> int:
         if not sep:
             raise SystemExit(f"--enqueue {item!r}: expected KEY=VALUE, e.g. prune.ratio=0.4")
         queued[key] = yaml.safe_load(value)
-    summary = sec_controller(trials=args.trials, apply=args.apply, queued=queued or None)
+    from pipeline.fanout_plan import FanoutError
+
+    try:
+        summary = sec_controller(trials=args.trials, apply=args.apply, queued=queued or None, workers=args.workers,
+                                 git_remote=args.git_remote, dvc_remote=args.dvc_remote)
+    except FanoutError as err:
+        print(f"sec controller: {err}", file=sys.stderr)
+        return 2
     print(f"{len(summary['trials'])} trial(s) run ({', '.join(summary['trials']) or 'none'}); "
           f"{summary['study_trials']} in the study; recommended: "
           f"{'trial ' + str(summary['recommended']) if summary['recommended'] is not None else 'none'}"
@@ -195,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a configuration for the study to try next (knobs left out are sampled)")
     p.add_argument("--pin-reference", nargs="+", metavar="RUN", default=None,
                    help="pin controller/reference.json from these runs' teacher dev accuracy (checkouts differing only in seed), then exit")
+    p.add_argument("--workers", action="store_true",
+                   help="run each trial's runs as flow runs on the work pool's workers (git and DVC remotes as sec grid --workers)")
+    p.add_argument("--git-remote", help="with --workers: URL workers clone from (default: `git remote get-url origin`)")
+    p.add_argument("--dvc-remote", help="with --workers: DVC remote URL workers share (default: the default remote)")
     p.set_defaults(func=_controller)
 
     p = sub.add_parser("compare", help="did B help over A? paired bootstrap CIs and McNemar on per-example predictions")

@@ -11,7 +11,8 @@ no Prefect; `control` below is the loop without Prefect, with DVC passed in.
 
 The study is kept in controller/study.log (commit it): a killed controller continues where it
 was on its next start. `sec controller --apply` applies the recommended trial's experiment
-(`dvc exp apply`); without it the workspace is left with the last run's outputs.
+(`dvc exp apply`); without it the workspace is left with the last run's outputs. With
+`workers` (`sec controller --workers`) each run goes to the work pool instead (docs/prefect.md).
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from pipeline import reference as references
 from pipeline import search, search_report
 from pipeline._dvc_env import override_value
 from pipeline.flows import CONTROLLER_ORIGIN, publish_metrics, run_streaming
-from pipeline.measure import Measurement, read_measurement
+from pipeline.measure import Measurement, read_measurement, read_measurement_at
 from pipeline.search import RunRequest, Setup
 from pipeline.targets import ControllerParams, TargetsError, load_controller_params
 
 
 def exp_run_command(changes: dict[str, object], name: str) -> list[str]:
     cmd = ["dvc", "exp", "run", "--name", name]
-    for key, value in changes.items():
-        cmd += ["-S", f"{key}={override_value(value)}"]
+    for override in trial_overrides(changes):
+        cmd += ["-S", override]
     return cmd
 
 
@@ -81,12 +82,14 @@ def apply_recommendation(repo: Path, study, setup: Setup, dvc: Callable[[list[st
     return name
 
 
-def control(repo: str | Path, trials: int | None, apply: bool, run_experiment: Callable[[RunRequest], None],
+def control(repo: str | Path, trials: int | None, apply: bool, run_experiment: Callable[[RunRequest], str | None],
             dvc: Callable[[list[str]], str], log: Callable[[str], None] = print,
             queued: dict[str, object] | None = None) -> dict:
     """Open (or continue) the study, queue `queued` (a configuration to try next), run `trials`
     more trials, write reports/search/, and with `apply` apply the recommendation.
-    run_experiment(request) runs one `dvc exp run`."""
+    run_experiment(request) runs one `dvc exp run`: in this workspace (returns None; the
+    measurement is read from the workspace) or elsewhere (returns the experiment's commit, pulled
+    into this repository; the measurement is read at that commit)."""
     repo = Path(repo)
     cfg = load_controller_params(repo / "params.yaml")
     if cfg.search is None:
@@ -97,8 +100,10 @@ def control(repo: str | Path, trials: int | None, apply: bool, run_experiment: C
         log(f"queued {search.enqueue(study, cfg.search, queued)}")
 
     def runner(request: RunRequest) -> Measurement:
-        run_experiment(request)
-        return read_measurement(repo, cfg.deployed_model)
+        rev = run_experiment(request)
+        if rev is None:
+            return read_measurement(repo, cfg.deployed_model)
+        return read_measurement_at(repo, rev, cfg.deployed_model)
 
     states = search.search(study, setup, runner, cfg.search.trials if trials is None else trials, log)
     written = search_report.write(study, setup.targets, setup.reference, repo / search_report.OUT)
@@ -152,17 +157,38 @@ def controller_trial(trial: int, fidelity: str, seed: int, changes: dict[str, ob
     return {"stages_run": stages_run(output)}
 
 
+def trial_overrides(changes: dict[str, object]) -> list[str]:
+    """What follows each `-S` of a trial's run (exp_run_command's, for a run on a worker)."""
+    return [f"{key}={override_value(value)}" for key, value in changes.items()]
+
+
 @flow(name="sec-controller", log_prints=True)
 def sec_controller(trials: int | None = None, apply: bool = False, repo: str = ".",
-                   queued: dict[str, object] | None = None) -> dict:
+                   queued: dict[str, object] | None = None, workers: bool = False,
+                   git_remote: str | None = None, dvc_remote: str | None = None) -> dict:
     """Run `trials` more trials of the study (default controller.search.trials), the `queued`
     configuration first, write the Pareto front to reports/search/, and with `apply` apply the
-    recommended configuration."""
+    recommended configuration.
+
+    `workers`: each run of a trial is a `sec-experiment` flow run on the work pool (any worker,
+    any host; pipeline/fanout.py), pulled back with `dvc exp pull` and measured at its commit; this
+    checkout's workspace is not touched. Trials still run one after another (the sampler learns
+    from each), so workers give each run a GPU host, not parallelism.
+    """
     logger = get_run_logger()
     deployed = load_controller_params(Path(repo) / "params.yaml").deployed_model
+    if workers:
+        from pipeline.fanout import experiment_on_worker, fanout_target
+
+        root, remotes, commit = fanout_target(repo, git_remote, dvc_remote)
+
+        def run_experiment(r: RunRequest) -> str:
+            return experiment_on_worker(r.name, trial_overrides(r.overrides), root, remotes, commit)
+    else:
+        def run_experiment(r: RunRequest) -> None:
+            controller_trial(r.trial, r.fidelity, r.seed, r.overrides, r.name, repo, deployed)
     return control(
-        repo, trials, apply,
-        run_experiment=lambda r: controller_trial(r.trial, r.fidelity, r.seed, r.overrides, r.name, repo, deployed),
+        repo, trials, apply, run_experiment=run_experiment,
         dvc=lambda cmd: run_streaming(cmd, repo, logger.info),
         log=logger.info, queued=queued,
     )

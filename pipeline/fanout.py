@@ -37,6 +37,7 @@ from pipeline._dvc_env import project_env
 from pipeline.fanout_plan import Cell, FanoutError, Remotes
 from pipeline.flows import DvcCommandError, gpu_slot, run_streaming
 from pipeline.grid import data_dir_args, exp_show, read_params, repo_grid, stage_summary
+from pipeline.grid_tables import collect
 
 DEPLOYMENT = "sec-experiment/sec-experiment"
 # Flow runs report a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (`sec worker` sets
@@ -186,10 +187,13 @@ def require_pushed(repo: Path, git_remote: str, commit: str) -> None:
 
 
 @task(name="dvc-exp-pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=10)
-def gather(repo: Path, git_remote: str, with_cache: bool) -> None:
-    """`dvc exp pull`: every experiment pushed on this commit, whichever host ran it."""
-    cmd = ["dvc", "exp", "pull", *([] if with_cache else ["--no-cache"]), git_remote]
-    run_streaming(cmd, repo, get_run_logger().info)
+def gather(repo: Path, remotes: Remotes, with_cache: bool) -> None:
+    """`dvc exp pull`: every experiment pushed on this commit, whichever host ran it (with its outputs
+    from the shared DVC remote: the tables pair the cells' predictions)."""
+    listing = subprocess.run(["dvc", "remote", "list"], cwd=repo, capture_output=True, text=True,
+                             env=project_env()).stdout
+    for cmd in plan.gather_commands(remotes, listing, repo, with_cache):
+        run_streaming(cmd, repo, get_run_logger().info)
 
 
 def _earlier_runs(client, deployment_id, run_name: str) -> list:
@@ -204,7 +208,7 @@ def _earlier_runs(client, deployment_id, run_name: str) -> list:
 
 
 @task(name="submit", cache_policy=NO_CACHE, task_run_name="{cell.name}")
-def submit_cell(cell: Cell, remotes: Remotes, deployment: str = DEPLOYMENT) -> str:
+def submit_cell(cell: Cell, remotes: Remotes, deployment: str = DEPLOYMENT, tag: str = "sec-grid") -> str:
     """The cell's live flow run if another submission made one, else a new attempt (timeout 0:
     queued on the pool, not awaited here). Returns the flow run id."""
     from prefect.client.orchestration import get_client
@@ -220,7 +224,7 @@ def submit_cell(cell: Cell, remotes: Remotes, deployment: str = DEPLOYMENT) -> s
         logger.info("%s: flow run %s is already %s; waiting on it", cell.name, earlier[value].id, earlier[value].state_type)
         return str(earlier[value].id)
     run = run_deployment(deployment, parameters=cell.parameters(remotes), flow_run_name=name, timeout=0,
-                         idempotency_key=plan.idempotency_key(cell, value), tags=["sec-grid"])
+                         idempotency_key=plan.idempotency_key(cell, value), tags=[tag])
     logger.info("%s: submitted flow run %s (attempt %d)", cell.name, run.id, value + 1)
     return str(run.id)
 
@@ -251,6 +255,39 @@ def wait_for_runs(run_ids: dict[str, str], poll_s: float, timeout_s: float | Non
                                       "rerun the grid to gather them)")
                 time.sleep(poll_s)
     return [rows[name] for name in run_ids]
+
+
+def fanout_target(repo: str | Path, git_remote: str | None = None, dvc_remote: str | None = None) -> tuple[Path, Remotes, str]:
+    """(checkout, remotes, commit) for runs on the pool: the remotes from the project's config, and
+    HEAD, which must be on the git remote (workers clone it from there)."""
+    root = Path(repo).resolve()
+    remotes = plan.project_remotes(root, git_remote, dvc_remote)
+    commit = _git(["rev-parse", "HEAD"], root).stdout.strip()
+    require_pushed(root, remotes.git, commit)
+    if _git(["status", "--porcelain", "--untracked-files=no"], root).stdout.strip():
+        get_run_logger().warning("uncommitted changes in %s are not part of the runs: workers run commit %s",
+                                 root, commit[:8])
+    return root, remotes, commit
+
+
+def experiment_on_worker(name: str, overrides: list[str], root: Path, remotes: Remotes, commit: str,
+                         deployment: str = DEPLOYMENT, poll_s: float = 10.0) -> str:
+    """One experiment (a controller trial's run) as a `sec-experiment` flow run on the pool: submit,
+    wait, `dvc exp pull` it into `root` with its outputs; returns its commit. Raises FanoutError
+    with the run's message when it did not complete."""
+    logger = get_run_logger()
+    cell = Cell(name, commit, tuple(overrides))
+    ensure_crash_automation()
+    row = wait_for_runs({name: submit_cell(cell, remotes, deployment, tag="sec-controller")}, poll_s, None,
+                        logger.info)[0]
+    if row["state"] != "COMPLETED":
+        raise FanoutError(f"{name}: {row['state'].lower()} on worker {row['worker'] or '?'}: {row['message']}")
+    gather(root, remotes, with_cache=True)
+    rev = next((r["rev"] for r in collect(exp_show(root)) if r["name"] == name and not r["is_baseline"]), None)
+    if rev is None:
+        raise FanoutError(f"{name}: completed on worker {row['worker']}, but `dvc exp pull {remotes.git}` did not "
+                          f"bring it to {root} (is it on commit {commit[:8]}?)")
+    return rev
 
 
 def ensure_crash_automation() -> None:
@@ -285,16 +322,11 @@ def grid_fanout(repo: str = ".", only: list[str] | None = None, profile: str | N
                 poll_s: float = 10.0, timeout_s: float | None = None) -> dict:
     """Submit every missing cell of the grid at HEAD as its own flow run, wait, gather, write tables."""
     from pipeline.grid_paired import dvc_loader
-    from pipeline.grid_tables import collect, write_all
+    from pipeline.grid_tables import write_all
 
     logger = get_run_logger()
-    root = Path(repo).resolve()
-    remotes = plan.project_remotes(root, git_remote, dvc_remote)
-    commit = _git(["rev-parse", "HEAD"], root).stdout.strip()
-    require_pushed(root, remotes.git, commit)
-    if _git(["status", "--porcelain", "--untracked-files=no"], root).stdout.strip():
-        logger.warning("uncommitted changes in %s are not part of the cells: workers run commit %s", root, commit[:8])
-    gather(root, remotes.git, with_cache=False)
+    root, remotes, commit = fanout_target(repo, git_remote, dvc_remote)
+    gather(root, remotes, with_cache=False)
     cells = plan.grid_cells(root, commit, only, profile, budgets, seeds, full)
     todo = plan.missing_cells(cells, collect(exp_show(root)))
     logger.info("%d cell(s), %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
@@ -303,7 +335,7 @@ def grid_fanout(repo: str = ".", only: list[str] | None = None, profile: str | N
         ensure_crash_automation()
         run_ids = {cell.name: submit_cell(cell, remotes, deployment) for cell in todo}
         rows = wait_for_runs(run_ids, poll_s, timeout_s, logger.info)
-        gather(root, remotes.git, with_cache=True)
+        gather(root, remotes, with_cache=True)
         create_markdown_artifact(key="sec-grid-cells", markdown=plan.cells_markdown(rows),
                                  description=f"grid cells run at {commit[:8]}: state and worker")
     records = collect(exp_show(root))

@@ -105,6 +105,30 @@ def project_remotes(repo: str | Path, git_remote: str | None = None, dvc_remote:
     return Remotes(git=git, dvc=dvc)
 
 
+GATHER_REMOTE = "sec-fanout"  # .dvc/config.local name of the shared remote when no remote has its URL
+
+
+def remote_named(url: str, listing: str, repo: str | Path) -> str | None:
+    """The DVC remote of `dvc remote list` output (`name<TAB>url[<TAB>(default)]` lines) whose URL
+    is `url` (a relative one read against .dvc/, as DVC does); None when none is."""
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and absolute_location(parts[1], Path(repo).resolve() / ".dvc") == url:
+            return parts[0]
+    return None
+
+
+def gather_commands(remotes: Remotes, listing: str, repo: str | Path, with_cache: bool) -> list[list[str]]:
+    """`dvc exp pull` of every experiment on the git remote; with the cache, from the SHARED DVC remote
+    the workers pushed to, even when it is not this checkout's default (`--dvc-remote URL`): by
+    name when a remote has its URL, else added to .dvc/config.local (untracked) as GATHER_REMOTE."""
+    if not with_cache:
+        return [["dvc", "exp", "pull", "--no-cache", remotes.git]]
+    name = remote_named(remotes.dvc, listing, repo)
+    add = [] if name else [["dvc", "remote", "add", "--local", "--force", GATHER_REMOTE, remotes.dvc]]
+    return [*add, ["dvc", "exp", "pull", "--remote", name or GATHER_REMOTE, remotes.git]]
+
+
 # --------------------------------------------------------------------------------------------
 # The grid as cells, and which are missing.
 

@@ -2,7 +2,9 @@
 
 `measurement(evaluate, timing, ...)` is pure (the contract's metrics/evaluate.json and
 metrics/evaluate_timing.json in, a `Measurement` out); `read_measurement(repo)` reads those files
-and the dev predictions of the deployed model and of the teacher after a `dvc exp run`. Nothing
+and the dev predictions of the deployed model and of the teacher after a `dvc exp run`;
+`read_measurement_at(repo, rev)` reads the same files at an experiment's commit (a run made on
+another host and fetched with `dvc exp pull`), without checking it out. Nothing
 here looks at a `test` key or a test prediction file: the test split reports, it never chooses.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +97,37 @@ def read_measurement(repo: str | Path, configured_deployed: str | None = None) -
     if not np.array_equal(rows, teacher_rows):
         raise ValueError(f"{repo}: the deployed model's and the teacher's dev predictions cover different rows")
     return measurement(evaluate, timing, deployed, labelled_fraction(repo), deployed_ok, teacher_ok, rows_digest(rows))
+
+
+METRIC_FILES = ("metrics/evaluate.json", "metrics/evaluate_timing.json", "metrics/prepare.json",
+                "metrics/active_select.json")
+
+
+def read_measurement_at(repo: str | Path, rev: str, configured_deployed: str | None = None) -> Measurement:
+    """`read_measurement` of the run at commit `rev` of `repo` (git-tracked metrics and DVC-tracked
+    predictions, read through dvc.api from the local DVC cache): the files are copied to a
+    temporary directory in the layout read_measurement expects."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    def copy(path: str, into: Path) -> None:
+        target = into / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with dvc.api.open(path, repo=str(repo), rev=rev, mode="rb") as handle:
+                target.write_bytes(handle.read())
+        except (FileNotFoundError, DvcException) as err:  # PathMissingError: absent, or not in the cache
+            raise FileNotFoundError(f"{path} at {rev[:10]} in {repo}: not there, or its data is not in the "
+                                    "local DVC cache (`dvc exp pull --run-cache <git remote> <experiment>`)") from err
+
+    with tempfile.TemporaryDirectory(prefix="sec-measure-") as tmp:
+        into = Path(tmp)
+        for path in METRIC_FILES:
+            copy(path, into)
+        deployed = deployed_name(configured_deployed, json.loads((into / METRIC_FILES[0]).read_text()))
+        for path in (prediction_file(deployed, "dev"), prediction_file("teacher", "dev", "evaluate_teacher")):
+            copy(str(path), into)
+        return read_measurement(into, configured_deployed)
 
 
 def pack(correct: np.ndarray) -> str:

@@ -211,6 +211,14 @@ def _request(ask: Ask, prompt: str, number: int, counts: dict) -> Reply | None:
 
 
 def _finish(counts: dict) -> dict:
+    if counts["status"] == "on" and counts["requests"] and not counts["kept"]:
+        # Every reply was lost before any use (unparsable, timed out or filtered): the run trains
+        # exactly as without this use, so the stage's line and metrics must say so and why.
+        lost = {"malformed": counts["malformed"], "timed out": counts["timed_out"],
+                **{f"dropped as {reason}": n for reason, n in counts["dropped"].items()}}
+        counts["status"] = (f"on, but none of {counts['requests']} requests kept: "
+                            + ", ".join(f"{n} {why}" for why, n in lost.items() if n)
+                            + "; check the endpoint (generate.base_url, model) and the prompts")
     seconds = counts["seconds"]
     counts["seconds"] = round(seconds, 2)
     counts["tokens_per_second"] = round(counts["completion_tokens"] / seconds, 1) if seconds > 0 else None

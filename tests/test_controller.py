@@ -216,6 +216,41 @@ def test_exp_run_command_uses_the_projects_override_serializer():
                    "-S", "prune.ratio=0.5", "-S", "seed=43"]
 
 
+def test_runs_made_elsewhere_are_measured_at_their_experiment_commit(tmp_path):
+    """`sec controller --workers`: a run on a worker returns its experiment's commit, and the
+    measurement is read there (git-tracked metrics, DVC-tracked predictions from the cache), not
+    from this workspace, which holds none of its files: the same study as runs made here."""
+    import shutil
+
+    here_repo = make_repo(tmp_path / "here", trials=2)
+    here = control(here_repo, FakeDvc(here_repo), trials=2)
+
+    repo = make_repo(tmp_path / "elsewhere", trials=2)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "repo"]):
+        run_cmd(cmd, repo)
+    fake, revs = FakeDvc(repo), []
+
+    def elsewhere(request: RunRequest) -> str:
+        fake.run_experiment(request)  # stands in for the worker: the run's files, committed
+        run_cmd(["dvc", "add", "-q", "predictions"], repo)
+        run_cmd(["git", "add", "metrics", "predictions.dvc"], repo)
+        run_cmd(["git", "commit", "-qm", request.name], repo)
+        revs.append(run_cmd(["git", "rev-parse", "HEAD"], repo).stdout.strip())
+        shutil.rmtree(repo / "metrics")
+        shutil.rmtree(repo / "predictions")
+        return revs[-1]
+
+    summary = ctl.control(repo, 2, False, elsewhere, fake.dvc, log=lambda _: None)
+    assert len(revs) == len(fake.requests) >= 2 and not (repo / "metrics").exists()
+    assert summary["trials"] == here["trials"]
+
+    def objectives(path: Path) -> list:
+        return [{k: v for k, v in row.items() if k not in ("experiments", "experiment")}
+                for row in json.loads((path / "reports/search/trials.json").read_text())]
+
+    assert objectives(repo) == objectives(here_repo)
+
+
 @pytest.mark.slow
 def test_a_real_two_trial_study_runs_through_dvc_on_the_tiny_profile(tmp_path):
     repo = make_tiny_repo(tmp_path)

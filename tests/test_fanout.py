@@ -156,3 +156,22 @@ def test_artifacts_say_where_a_cell_ran_and_what_it_measured():
     table = plan.cells_markdown([{"name": "a", "state": "FAILED", "worker": "w1", "message": "exited 1\nmore"},
                                  {"name": "b", "state": "COMPLETED", "worker": None, "message": ""}])
     assert "| a | FAILED | w1 | exited 1 |" in table and "| b | COMPLETED | - |  |" in table
+
+
+def test_gather_pulls_outputs_from_the_shared_remote_even_when_it_is_not_the_default(tmp_path):
+    """`sec grid --workers --dvc-remote URL`: the cells' outputs are on URL, so `dvc exp pull` must
+    read them there (the checkout's default remote lacks them and the tables could pair nothing)."""
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    shared = str(tmp_path / "shared-remote")
+    remotes = Remotes(git="/srv/sec.git", dvc=shared)
+    # A remote with that URL (relative urls are read against .dvc/): pulled by its name.
+    listing = "local\t../../elsewhere\t(default)\nshared\t../../shared-remote\n"
+    assert plan.gather_commands(remotes, listing, repo, with_cache=True) == [
+        ["dvc", "exp", "pull", "--remote", "shared", "/srv/sec.git"]]
+    # None has it: added to the untracked local config, then pulled from.
+    assert plan.gather_commands(remotes, "local\t../../elsewhere\t(default)\n", repo, with_cache=True) == [
+        ["dvc", "remote", "add", "--local", "--force", plan.GATHER_REMOTE, shared],
+        ["dvc", "exp", "pull", "--remote", plan.GATHER_REMOTE, "/srv/sec.git"]]
+    assert plan.gather_commands(remotes, "", repo, with_cache=False) == [
+        ["dvc", "exp", "pull", "--no-cache", "/srv/sec.git"]]

@@ -4,7 +4,7 @@ A bare git repository is the git remote and a local directory the DVC remote; ea
 own scratch directory (its own "host"). The grid's cells run as `sec-experiment` flow runs, and the
 main checkout gathers them with `dvc exp pull`. Then a worker is killed during a cell: that cell is
 missing (Crashed, by the heartbeat automation), the other completes, and a rerun runs only the
-missing one.
+missing one. Last, a controller trial runs on the pool (`sec controller --workers`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from conftest import make_tiny_repo, run_cmd
 from pipeline.ui_check import chromium, free_port, screenshot, stop_tree, wait_healthy
@@ -93,12 +94,29 @@ def shown_experiments(repo: Path) -> set[str]:
     return {r["name"] for r in collect(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout) if not r["is_baseline"]}
 
 
-def flow_runs(env: dict) -> list:
+def flow_runs(env: dict, tag: str = "sec-grid") -> list:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
-        return [r for r in client.read_flow_runs() if "sec-grid" in r.tags]
+        return [r for r in client.read_flow_runs() if tag in r.tags]
+
+
+def set_up_one_trial_search(repo: Path) -> None:
+    """A one-trial study (the baseline configuration, one full run: no cheaper pass, no confirmation
+    seeds against a 100 % reference), committed and pushed, as workers run the pushed commit."""
+    from pipeline.reference import Reference, save
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["controller"]["targets"] = {"max_accuracy_drop_pts": 0.0, "min_size_ratio": 1.0, "min_speedup": 0.0,
+                                       "min_speedup_b1": None, "max_labelled_fraction": 1.0}
+    params["controller"]["search"] = {"trials": 1, "startup_trials": 1, "teacher_every": 3, "confirm_seeds": 1,
+                                      "cheap_fraction": 1.0, "knobs": {"prune.ratio": {"choices": [0.3, 0.5]}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    save(Reference(teacher_dev_accuracy=1.0, seeds=[42], values=[1.0]), repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "one-trial search"], repo)
+    run_cmd(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], repo)
 
 
 def test_grid_cells_fan_out_over_two_workers_and_a_killed_cell_is_rerun_alone(tmp_path):
@@ -156,6 +174,22 @@ def test_grid_cells_fan_out_over_two_workers_and_a_killed_cell_is_rerun_alone(tm
         assert rerun["failed"] == [] and rerun["missing"] == []
         assert [r["worker"] for r in rerun["runs"]] == [w for w in WORKERS if w != killed_worker]
         assert cells | {"grid-random-s44", "grid-active-s44"} <= shown_experiments(repo)
+
+        # 4. A controller trial on the pool (`sec controller --workers`): its run is a flow run a
+        #    worker takes, pulled back and measured at its commit; the workspace is not touched.
+        set_up_one_trial_search(repo)
+        trial = subprocess.run([sys.executable, "-c", (
+            "import json; from pipeline.controller import sec_controller; "
+            "print('SUMMARY ' + json.dumps(sec_controller(repo='.', trials=1, workers=True)))")],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        lines = [line for line in trial.stdout.splitlines() if line.startswith("SUMMARY ")]
+        assert trial.returncode == 0 and lines, (trial.stdout + trial.stderr)[-6000:]
+        assert json.loads(lines[-1][len("SUMMARY "):])["trials"] == ["COMPLETE"]
+        trial_runs = [r for r in flow_runs(env, "sec-controller")]
+        assert [r.state_type.value for r in trial_runs] == ["COMPLETED"]
+        assert f"worker:{[w for w in WORKERS if w != killed_worker][0]}" in trial_runs[0].tags
+        assert trial_runs[0].name.split("@")[0] in shown_experiments(repo)
+        assert not (repo / "metrics" / "evaluate.json").exists()  # measured at the experiment's commit
         shot = os.environ.get("SEC_FANOUT_SCREENSHOT")  # docs/prefect-fanout.png is made this way
         if shot and chromium():
             api = env["PREFECT_API_URL"].removesuffix("/api")

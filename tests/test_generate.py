@@ -145,6 +145,20 @@ def test_transfer_pairs_are_parsed_filtered_and_counted(fake):
     assert metrics["label"]["status"].startswith("off") and len(conditioned) == 0
 
 
+def test_a_use_whose_replies_are_all_lost_says_so_and_why(fake):
+    """Nothing reaches the output (malformed, timed out, filtered): the status names each loss."""
+    replies = iter(["I'm sorry, as an AI I cannot write that.", "SLEEP",
+                    "Premise: The bus is late.\nHypothesis: The bus is late!"])
+    server = fake(lambda prompt: next(replies))
+    params = _params(transfer_count=3)
+    pool, labelled, dev_test = _frames()
+    transfer, _, metrics = generate(pool, labelled, dev_test, _ask(server, params), params, seed=0)
+    assert len(transfer) == 0
+    assert metrics["transfer"]["status"] == ("on, but none of 3 requests kept: 1 malformed, 1 timed out, "
+                                             "1 dropped as premise_copy; check the endpoint (generate.base_url, "
+                                             "model) and the prompts")
+
+
 def test_label_conditioned_pairs_are_kept_only_where_the_check_agrees(fake):
     # The fake model writes a hypothesis naming the label it was asked for; the check agrees only
     # for entailment and contradiction, and is unsure (0.5) of contradiction on the second premise.
