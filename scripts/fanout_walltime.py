@@ -136,7 +136,12 @@ def measure(repo: Path, base: Path, workers: int, selection: list[str]) -> dict:
     tail = (base / "grid.log").read_text().splitlines()[-1:] or [""]
     print(f"[{workers} worker(s)] rc {rc}, {wall:.0f} s: {tail[0]}", flush=True)
     return {"workers": workers, "rc": rc, "wall_s": round(wall, 1), "runs": sorted(runs, key=lambda r: r["start"] or 0),
-            "accuracy": cell_accuracies(clone), "dir": str(base)}
+            "accuracy": cell_accuracies(clone), "dir": str(base), "commit": run(["git", "rev-parse", "HEAD"], clone).strip(),
+            "measured": datetime.now().isoformat(timespec="minutes")}
+
+
+def completed(res: dict) -> bool:
+    return res["rc"] == 0 and bool(res["runs"]) and all(r["state"] == "COMPLETED" for r in res["runs"])
 
 
 def problems(results: list[dict]) -> list[str]:
@@ -173,11 +178,14 @@ def markdown(results: list[dict], selection: list[str], machine: dict, threads: 
         per = {}
         for r in res["runs"]:
             per[r["worker"]] = per.get(r["worker"], 0) + 1
-        ok = "ok" if res["rc"] == 0 and all(r["state"] == "COMPLETED" for r in res["runs"]) else f"rc {res['rc']}"
-        lines.append(f"| {res['workers']} | {res['wall_s'] / 60:.1f} min ({res['wall_s']:.0f} s) | "
-                     f"{base['wall_s'] / res['wall_s']:.2f}x | "
+        ok = "ok" if completed(res) else f"rc {res['rc']}, not completed"
+        ratio = f"{base['wall_s'] / res['wall_s']:.2f}x" if completed(res) and completed(base) else "-"
+        lines.append(f"| {res['workers']} | {res['wall_s'] / 60:.1f} min ({res['wall_s']:.0f} s) | {ratio} | "
                      f"{', '.join(f'{w}: {n}' for w, n in sorted(per.items(), key=lambda x: str(x[0])))} | {ok} |")
-    lines += ["", "Each cell (seconds since the grid was submitted; worker):", "",
+    lines += ["", "Commits and start: " + "; ".join(
+        f"{r['workers']} worker(s) {str(r.get('commit', '?'))[:8]} at {r.get('measured', '?')}"
+        + (" (reused from an earlier run of this script)" if r.get("reused") else "") for r in results) + ".",
+        "", "Each cell (seconds since the grid was submitted; worker):", "",
               "| cell | " + " | ".join(f"{r['workers']} worker(s)" for r in results) + " | teacher, test |",
               "|---|" + "---|" * len(results) + "---|"]
     cells = sorted({r["cell"] for res in results for r in res["runs"]})
@@ -234,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch", type=Path, default=Path("../fanout-walltime"),
                     help="where the clones, remotes, servers and workers live (emptied per configuration)")
     ap.add_argument("--out", type=Path, default=Path("reports/fanout"))
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="a walltime.json of an earlier run: its completed configurations of the same selection are "
+                         "taken from it instead of measured again (the report says so)")
     args = ap.parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
     if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
@@ -241,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         print("fanout_walltime: uncommitted changes; the workers run the committed HEAD (commit first)", file=sys.stderr)
     selection = ["--only", *args.only, "--seeds", str(args.seeds), *(["--profile", args.profile] if args.profile else [])]
     threads = int((yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("threads") or 0)
-    results = [measure(repo, args.scratch.resolve() / f"{n}w", n, selection) for n in args.workers]
+    earlier = {}
+    if args.reuse:
+        previous = json.loads(args.reuse.read_text())
+        if previous["selection"] != selection:
+            raise SystemExit(f"--reuse {args.reuse}: measured {previous['selection']}, not {selection}")
+        earlier = {r["workers"]: dict(r, reused=True) for r in previous["results"] if completed(r)}
+    results = [earlier.get(n) or measure(repo, args.scratch.resolve() / f"{n}w", n, selection) for n in args.workers]
     machine = cpu_info()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = run(["git", "rev-parse", "HEAD"], repo).strip()
@@ -258,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in bad:
         print(f"MISS {line}")
     for res in results:
-        print(f"{res['workers']} worker(s): {res['wall_s']:.0f} s ({results[0]['wall_s'] / res['wall_s']:.2f}x)")
+        ratio = f"{results[0]['wall_s'] / res['wall_s']:.2f}x" if completed(res) and completed(results[0]) else "not completed"
+        print(f"{res['workers']} worker(s): {res['wall_s']:.0f} s ({ratio})")
     return 1 if bad else 0
 
 
