@@ -33,6 +33,11 @@ from pipeline.search import RunRequest, Setup
 from pipeline.targets import ControllerParams, TargetsError, load_controller_params
 
 
+def trial_overrides(changes: dict[str, object]) -> list[str]:
+    """What follows each `-S` of a trial's run (here, or on a worker)."""
+    return [f"{key}={override_value(value)}" for key, value in changes.items()]
+
+
 def exp_run_command(changes: dict[str, object], name: str) -> list[str]:
     cmd = ["dvc", "exp", "run", "--name", name]
     for override in trial_overrides(changes):
@@ -155,11 +160,6 @@ def controller_trial(trial: int, fidelity: str, seed: int, changes: dict[str, ob
     create_markdown_artifact(key=f"sec-trial-{trial}-{fidelity}-s{seed}", markdown=run_markdown(request, read_measurement(repo, deployed)),
                              description=f"controller trial {trial}: dev metrics")
     return {"stages_run": stages_run(output)}
-
-
-def trial_overrides(changes: dict[str, object]) -> list[str]:
-    """What follows each `-S` of a trial's run (exp_run_command's, for a run on a worker)."""
-    return [f"{key}={override_value(value)}" for key, value in changes.items()]
 
 
 @flow(name="sec-controller", log_prints=True)

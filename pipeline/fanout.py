@@ -187,12 +187,12 @@ def require_pushed(repo: Path, git_remote: str, commit: str) -> None:
 
 
 @task(name="dvc-exp-pull", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=10)
-def gather(repo: Path, remotes: Remotes, with_cache: bool) -> None:
-    """`dvc exp pull`: every experiment pushed on this commit, whichever host ran it (with its outputs
-    from the shared DVC remote: the tables pair the cells' predictions)."""
+def gather(repo: Path, remotes: Remotes, with_cache: bool, experiments: tuple[str, ...] = ()) -> None:
+    """`dvc exp pull`: `experiments` (default: every one pushed on this commit), whichever host ran
+    them (with their outputs from the shared DVC remote: the tables pair the cells' predictions)."""
     listing = subprocess.run(["dvc", "remote", "list"], cwd=repo, capture_output=True, text=True,
                              env=project_env()).stdout
-    for cmd in plan.gather_commands(remotes, listing, repo, with_cache):
+    for cmd in plan.gather_commands(remotes, listing, repo, with_cache, experiments):
         run_streaming(cmd, repo, get_run_logger().info)
 
 
@@ -282,7 +282,7 @@ def experiment_on_worker(name: str, overrides: list[str], root: Path, remotes: R
                         logger.info)[0]
     if row["state"] != "COMPLETED":
         raise FanoutError(f"{name}: {row['state'].lower()} on worker {row['worker'] or '?'}: {row['message']}")
-    gather(root, remotes, with_cache=True)
+    gather(root, remotes, with_cache=True, experiments=(name,))  # this run only, not the study's earlier ones
     rev = next((r["rev"] for r in collect(exp_show(root)) if r["name"] == name and not r["is_baseline"]), None)
     if rev is None:
         raise FanoutError(f"{name}: completed on worker {row['worker']}, but `dvc exp pull {remotes.git}` did not "

@@ -118,15 +118,17 @@ def remote_named(url: str, listing: str, repo: str | Path) -> str | None:
     return None
 
 
-def gather_commands(remotes: Remotes, listing: str, repo: str | Path, with_cache: bool) -> list[list[str]]:
-    """`dvc exp pull` of every experiment on the git remote; with the cache, from the SHARED DVC remote
-    the workers pushed to, even when it is not this checkout's default (`--dvc-remote URL`): by
-    name when a remote has its URL, else added to .dvc/config.local (untracked) as GATHER_REMOTE."""
+def gather_commands(remotes: Remotes, listing: str, repo: str | Path, with_cache: bool,
+                    experiments: Sequence[str] = ()) -> list[list[str]]:
+    """`dvc exp pull` of `experiments` (default: every one on the git remote); with the cache, from
+    the SHARED DVC remote the workers pushed to, even when it is not this checkout's default
+    (`--dvc-remote URL`): by name when a remote has its URL, else added to .dvc/config.local
+    (untracked) as GATHER_REMOTE."""
     if not with_cache:
-        return [["dvc", "exp", "pull", "--no-cache", remotes.git]]
+        return [["dvc", "exp", "pull", "--no-cache", remotes.git, *experiments]]
     name = remote_named(remotes.dvc, listing, repo)
     add = [] if name else [["dvc", "remote", "add", "--local", "--force", GATHER_REMOTE, remotes.dvc]]
-    return [*add, ["dvc", "exp", "pull", "--remote", name or GATHER_REMOTE, remotes.git]]
+    return [*add, ["dvc", "exp", "pull", "--remote", name or GATHER_REMOTE, remotes.git, *experiments]]
 
 
 # --------------------------------------------------------------------------------------------

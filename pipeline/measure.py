@@ -118,7 +118,7 @@ def read_measurement_at(repo: str | Path, rev: str, configured_deployed: str | N
                 target.write_bytes(handle.read())
         except (FileNotFoundError, DvcException) as err:  # PathMissingError: absent, or not in the cache
             raise FileNotFoundError(f"{path} at {rev[:10]} in {repo}: not there, or its data is not in the "
-                                    "local DVC cache (`dvc exp pull --run-cache <git remote> <experiment>`)") from err
+                                    "local DVC cache (`dvc exp pull <git remote> <experiment>` fetches it)") from err
 
     with tempfile.TemporaryDirectory(prefix="sec-measure-") as tmp:
         into = Path(tmp)

@@ -122,7 +122,7 @@ def measure(repo: Path, base: Path, workers: int, selection: list[str]) -> dict:
         cmd = [sec, "grid", "--workers", *selection, "--git-remote", str(bare), "--dvc-remote", str(dvc_remote),
                "--out-dir", str(base / "tables")]
         print(f"[{workers} worker(s)] {' '.join(cmd[1:])}", flush=True)
-        started = time.time()
+        started, started_at = time.time(), datetime.now().isoformat(timespec="minutes")
         with (base / "grid.log").open("w") as log:
             rc = subprocess.call(cmd, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
         wall = time.time() - started
@@ -137,7 +137,7 @@ def measure(repo: Path, base: Path, workers: int, selection: list[str]) -> dict:
     print(f"[{workers} worker(s)] rc {rc}, {wall:.0f} s: {tail[0]}", flush=True)
     return {"workers": workers, "rc": rc, "wall_s": round(wall, 1), "runs": sorted(runs, key=lambda r: r["start"] or 0),
             "accuracy": cell_accuracies(clone), "dir": str(base), "commit": run(["git", "rev-parse", "HEAD"], clone).strip(),
-            "measured": datetime.now().isoformat(timespec="minutes")}
+            "measured": started_at}
 
 
 def completed(res: dict) -> bool:

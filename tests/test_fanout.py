@@ -175,3 +175,10 @@ def test_gather_pulls_outputs_from_the_shared_remote_even_when_it_is_not_the_def
         ["dvc", "exp", "pull", "--remote", plan.GATHER_REMOTE, "/srv/sec.git"]]
     assert plan.gather_commands(remotes, "", repo, with_cache=False) == [
         ["dvc", "exp", "pull", "--no-cache", "/srv/sec.git"]]
+
+
+def test_gather_can_pull_one_experiment():
+    """A controller trial's run is pulled alone, not with every earlier run of the study."""
+    remotes = Remotes(git="/srv/sec.git", dvc="/srv/dvc")
+    assert plan.gather_commands(remotes, "shared\t/srv/dvc\n", "/repo", True, ["sec-s-t3-full"]) == [
+        ["dvc", "exp", "pull", "--remote", "shared", "/srv/sec.git", "sec-s-t3-full"]]

@@ -185,7 +185,7 @@ def test_grid_cells_fan_out_over_two_workers_and_a_killed_cell_is_rerun_alone(tm
         lines = [line for line in trial.stdout.splitlines() if line.startswith("SUMMARY ")]
         assert trial.returncode == 0 and lines, (trial.stdout + trial.stderr)[-6000:]
         assert json.loads(lines[-1][len("SUMMARY "):])["trials"] == ["COMPLETE"]
-        trial_runs = [r for r in flow_runs(env, "sec-controller")]
+        trial_runs = flow_runs(env, "sec-controller")
         assert [r.state_type.value for r in trial_runs] == ["COMPLETED"]
         assert f"worker:{[w for w in WORKERS if w != killed_worker][0]}" in trial_runs[0].tags
         assert trial_runs[0].name.split("@")[0] in shown_experiments(repo)
