@@ -75,7 +75,19 @@ class HealthParams(_Section):
 class ActiveSelectParams(HealthParams):
     # entropy | margin: uncertainty sampling; random: the baseline at the same budget;
     # all: every pool pair gets its label (the all-labels baseline; budget is ignored).
-    strategy: Literal["entropy", "margin", "random", "all"] = "entropy"
+    # badge | coreset | typiclust: scikit-activeml's batch strategies, with acquisition "embedding" only.
+    strategy: Literal["entropy", "margin", "badge", "coreset", "typiclust", "random", "all"] = "entropy"
+    # Who scores the pool for an uncertainty or diversity strategy:
+    #   finetune:  the teacher's encoder fine-tuned on the seed set, one shot (the earlier recipe);
+    #   embedding: rounds of a logistic regression on the teacher's pretrained pair embeddings
+    #              (stages._active_rounds), `round_size` pairs bought a round until the budget is spent.
+    acquisition: Literal["finetune", "embedding"] = "finetune"
+    round_size: int = Field(default=1000, gt=0)
+    # embedding only. density: an uncertainty strategy's utility times each pair's typicality (odd
+    # far-off pairs are not bought); datamap: bought pairs the in-loop classifier never learns (mean
+    # gold-label probability below hard_threshold over >= 2 rounds) mark their pool neighbours.
+    outliers: Literal["none", "density", "datamap"] = "none"
+    hard_threshold: float = Field(default=0.4, gt=0, lt=1)
     budget: int = Field(ge=0)
     acquisition_epochs: float = Field(gt=0)
     batch_size: int = Field(ge=1)
@@ -91,6 +103,12 @@ class ActiveSelectParams(HealthParams):
     # Train the acquisition model even where the strategy needs none (random, all) and keep it
     # (data/selected/acquisition): generate's label-conditioned pairs are checked with it.
     keep_model: bool = False
+
+    @model_validator(mode="after")
+    def _strategy_fits_acquisition(self):
+        if self.acquisition == "finetune" and self.strategy in ("badge", "coreset", "typiclust"):
+            raise ValueError(f"active_select.strategy {self.strategy!r} needs active_select.acquisition: embedding")
+        return self
 
 
 class AugmentParams(_Section):

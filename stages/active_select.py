@@ -115,6 +115,36 @@ def pick(
     return labelled, rest.reset_index(drop=True)
 
 
+def embedding_scores(seed_set: pd.DataFrame, pool: pd.DataFrame, oracle: pd.DataFrame, params: ActiveSelectParams, *,
+                     teacher: str, max_length: int, seed: int, budget: int,
+                     pool_origin: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Scores (len(pool),) from iterative selection on pretrained embeddings: the k-th purchase
+    scores budget - k (exact integers, so pick's rounding keeps the order), the unbought NaN."""
+    from stages._active_rounds import RoundsConfig, select_in_rounds
+    from stages._embeddings import embed_pairs, load_encoder
+
+    started = time.perf_counter()
+    encoder, tokenizer = load_encoder(teacher)
+    x_seed = embed_pairs(encoder, tokenizer, seed_set, features="pair", max_length=max_length, desc="embed seed set")
+    x_pool = embed_pairs(encoder, tokenizer, pool, features="pair", max_length=max_length, desc="embed pool")
+    embedded = time.perf_counter()
+    labels = oracle.set_index("pool_id")["label"].loc[pool["pool_id"]].to_numpy()  # read for bought rows only
+    cfg = RoundsConfig(strategy=params.strategy, budget=budget, round_size=params.round_size, seed=seed,
+                       outliers=params.outliers, hard_threshold=params.hard_threshold, candidates=params.candidates)
+
+    def show(record: dict) -> None:
+        print(f"active_select round {record['round']}: {record['labelled_after']} labelled "
+              f"({record['seconds']} s; by class {record['by_class']})", flush=True)
+
+    result = select_in_rounds(x_seed, seed_set["label"].to_numpy(), x_pool, labels, cfg, pool_groups=pool_origin,
+                              progress=show)
+    scores = np.full(len(pool), np.nan)
+    scores[result.order] = budget - np.arange(len(result.order), dtype=float)
+    return scores, {"kind": "embedding", "features": "pair", "embedding_seconds": round(embedded - started, 1),
+                    "rounds_seconds": round(time.perf_counter() - embedded, 1), "rounds": result.rounds,
+                    "hard_labelled": None if result.hard_labelled is None else int(len(result.hard_labelled))}
+
+
 def active_select(
     seed_set: pd.DataFrame,
     pool: pd.DataFrame,
@@ -130,17 +160,27 @@ def active_select(
     pooling: str = "auto",
     dev: pd.DataFrame | None = None,
     on_model: Callable[[object, object], None] | None = None,
+    pool_origin: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """`dev`: scores the acquisition model on it (raises ModelDidNotLearnError below the floor).
     `on_model(model, tokenizer)`: called with the acquisition model once trained and checked
-    (main saves it there when `keep_model` is set)."""
+    (main saves it there when `keep_model` is set). `pool_origin` (len(pool),): each pool pair's
+    source file, for the per-round report of acquisition "embedding"."""
     started = time.perf_counter()
     metrics: dict = {"strategy": params.strategy, "budget": params.budget, "pool_rows": len(pool)}
     probs = None
     budget = len(pool) if params.strategy == "all" else params.budget
-    needs_model = params.strategy in ("entropy", "margin") or params.pseudo_size > 0 or params.keep_model
+    in_rounds = params.acquisition == "embedding" and params.strategy not in ("random", "all")
+    if budget > len(pool):
+        raise DataError(f"active_select.budget ({budget}) exceeds the pool ({len(pool)} rows)")
+    one_shot = params.strategy in ("entropy", "margin") and not in_rounds
+    needs_model = one_shot or params.pseudo_size > 0 or params.keep_model
     if params.strategy in ("random", "all"):
         scores = uncertainty(np.zeros((len(pool), 3)), "random", seed)
+    if in_rounds:
+        scores, metrics["acquisition"] = embedding_scores(
+            seed_set, pool, oracle, params, teacher=teacher, max_length=max_length, seed=seed, budget=budget,
+            pool_origin=pool_origin)
     if needs_model:
         model, tokenizer = load_pretrained_classifier(teacher, seed=seed, pooling=pooling)
         cfg = TrainConfig(
@@ -159,13 +199,13 @@ def active_select(
                 min_accuracy=params.min_dev_accuracy, max_length=max_length)
         if on_model is not None:
             on_model(model, tokenizer)
-    if needs_model and (params.strategy in ("entropy", "margin") or params.pseudo_size > 0):
+    if needs_model and (one_shot or params.pseudo_size > 0):
         # Scoring the pool is for picking and pseudo-labels; a model kept only for generate skips it.
         scored = candidate_positions(len(pool), params.candidates, seed)
         probs = np.full((len(pool), 3), np.nan)
         probs[scored] = score_pool(model, tokenizer, pool.iloc[scored], max_length=max_length)  # (len(pool), 3)
         metrics["scored_rows"] = int(len(scored))
-        if params.strategy in ("entropy", "margin"):
+        if one_shot:
             scores = uncertainty(probs, params.strategy, seed)
     labelled, rest = pick(seed_set, pool, oracle, scores, budget)
     picked_scores = labelled["score"].dropna()
@@ -224,6 +264,11 @@ def main(argv: list[str] | None = None) -> None:
     pool = read_pairs(prepared / "pool.parquet", allow_unlabelled=True)
     oracle = pd.read_parquet(prepared / "oracle.parquet")
     dev = read_pairs(prepared / "dev.parquet")
+    origin_file = prepared / "pool_origin.parquet"
+    pool_origin = None
+    if origin_file.exists():
+        origin = pd.read_parquet(origin_file).set_index("pool_id")["origin"]
+        pool_origin = origin.reindex(pool["pool_id"]).fillna("unknown").astype(str).to_numpy()
     job = {"active_select": params.active_select.model_dump(), "model": params.model.model_dump(), "seed": params.seed,
            "precision": precision}
     labelled, rest, metrics = active_select(
@@ -232,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_dir=checkpoint_dir_for("active_select", job, [prepared / "seed.parquet"]),
         device=device, precision=precision, pooling=params.model.pooling, dev=dev,
         on_model=_keeper(Path(args.out_dir) / "acquisition", params) if params.active_select.keep_model else None,
+        pool_origin=pool_origin,
     )
     write_pairs(labelled, Path(args.out_dir) / "labelled.parquet")
     write_pairs(rest, Path(args.out_dir) / "unlabelled.parquet")

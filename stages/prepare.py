@@ -92,7 +92,7 @@ def combine_training(trains: dict[str, pd.DataFrame], test: pd.DataFrame) -> tup
 def prepare(
     trains: dict[str, pd.DataFrame] | pd.DataFrame, evaluation: pd.DataFrame, data: DataParams, seed: int
 ) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Split deterministically by seed. Returns frames seed/pool/oracle/dev/test and metrics.
+    """Split deterministically by seed. Returns frames seed/pool/oracle/dev/test/pool_origin and metrics.
 
     `trains`: the training files' pairs by split name (one frame: a single split named "train").
     The dev split is drawn first, from `data.dev_from` (all training files when null), so no later
@@ -128,8 +128,11 @@ def prepare(
         )
     dev = shuffled.loc[dev_index].sort_values("row_id").drop(columns="split").assign(source="gold", weight=1.0)
     seed_set = rest.iloc[: data.seed_size].drop(columns=["row_id", "split"]).assign(source="gold", weight=1.0)
-    pool_rows = rest.iloc[data.seed_size : data.seed_size + pool_size].drop(columns=["row_id", "split"]).reset_index(drop=True)
+    pool_rows = rest.iloc[data.seed_size : data.seed_size + pool_size].drop(columns=["row_id"]).reset_index(drop=True)
     pool_rows.insert(0, "pool_id", range(len(pool_rows)))
+    # Which training file each pool pair came from: active_select reports its purchases by source.
+    pool_origin = pool_rows[["pool_id", "split"]].rename(columns={"split": "origin"})
+    pool_rows = pool_rows.drop(columns="split")
     oracle = pool_rows[["pool_id", "label"]]
     pool = pool_rows.assign(label=UNLABELLED, source="pool", weight=1.0)
 
@@ -139,7 +142,7 @@ def prepare(
 
     frames = {
         "seed": seed_set.reset_index(drop=True), "pool": pool, "oracle": oracle,
-        "dev": dev.reset_index(drop=True), "test": test,
+        "dev": dev.reset_index(drop=True), "test": test, "pool_origin": pool_origin,
     }
     metrics = {
         **removed,
@@ -161,7 +164,7 @@ def prepare(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out-dir", required=True, help="writes seed/pool/oracle/dev/test.parquet here")
+    parser.add_argument("--out-dir", required=True, help="writes seed/pool/oracle/dev/test/pool_origin.parquet here")
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args(argv)
 

@@ -151,3 +151,38 @@ def test_pseudo_labels_join_as_their_own_source_and_do_not_count_as_labels(tiny_
     assert metrics["labelled_rows"] == 24 and metrics["pseudo_rows"] == 5 and len(rest) == 30 - 8 - 5
     assert 0 <= metrics["pseudo_label_accuracy"] <= 1
     assert metrics["label_fraction"] == round(24 / 46, 4)
+
+
+@pytest.mark.parametrize("outliers", ["none", "datamap"])
+def test_active_select_in_rounds_on_pretrained_embeddings(outliers, tiny_model_dir, tmp_path):
+    """acquisition: embedding buys the budget in rounds through the real stage, reports each round
+    (by class and by source file), needs no fine-tuning, and gives the same picks for the same seed."""
+    frames, _ = prepare({"train": make_pairs(40), "train_20k": make_pairs(40, seed=1)}, eval_pairs(10),
+                        data_params(seed_size=16, pool_size=40, eval_size=5, dev_size=4), seed=0)
+    origin = frames["pool_origin"].set_index("pool_id")["origin"].loc[frames["pool"]["pool_id"]].to_numpy()
+    assert set(origin) <= {"train", "train_20k"}
+    params = ActiveSelectParams(strategy="margin", acquisition="embedding", round_size=3, outliers=outliers,
+                                budget=8, acquisition_epochs=1, batch_size=8, learning_rate=1e-4)
+    runs = [active_select(frames["seed"], frames["pool"], frames["oracle"], params, teacher=tiny_model_dir,
+                          max_length=32, seed=0, checkpoint_dir=tmp_path / "unused", pool_origin=origin)
+            for _ in range(2)]
+    labelled, rest, metrics = runs[0]
+    assert len(labelled) == 24 and len(rest) == 32
+    validate_pairs(labelled, "labelled")
+    rounds = metrics["acquisition"]["rounds"]
+    assert [r["bought"] for r in rounds] == [3, 3, 2]
+    assert sum(sum(r["by_source"].values()) for r in rounds) == 8
+    picked = labelled.loc[labelled["source"] == "oracle"]
+    assert sum(sum(r["by_class"].values()) for r in rounds) == len(picked)
+    assert metrics["acquisition"]["kind"] == "embedding" and metrics["acquisition"]["rounds_seconds"] >= 0
+    assert not (tmp_path / "unused").exists()  # nothing was fine-tuned
+    assert labelled.equals(runs[1][0])
+
+
+def test_active_select_names_a_budget_larger_than_the_pool(tiny_model_dir, tmp_path):
+    frames, _ = prepare(make_pairs(40), eval_pairs(10), data_params(seed_size=10, pool_size=20, eval_size=5), seed=0)
+    params = ActiveSelectParams(strategy="margin", acquisition="embedding", budget=21, acquisition_epochs=1,
+                                batch_size=8, learning_rate=1e-4)
+    with pytest.raises(DataError, match=r"active_select.budget \(21\) exceeds the pool \(20 rows\)"):
+        active_select(frames["seed"], frames["pool"], frames["oracle"], params, teacher=tiny_model_dir,
+                      max_length=32, seed=0, checkpoint_dir=tmp_path)
