@@ -60,17 +60,14 @@ def load_split(embeddings: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     return np.load(embeddings / f"{split}.npy"), frame
 
 
-def orders_for(args, strategy: str, seed: int) -> np.ndarray:
+def orders_for(args, strategy: str, seed: int, x_seed, y_seed, x_pool, oracle) -> np.ndarray:
     """The cached purchase order of (strategy, seed), made on first use (orders/<strategy>_s<seed>.npy)."""
     path = Path(args.out) / "orders" / f"{strategy}_s{seed}.npy"
     if path.exists():
         return np.load(path)
-    x_seed, seed_frame = load_split(Path(args.embeddings), "seed")
-    x_pool, _ = load_split(Path(args.embeddings), "pool")
-    oracle = pd.read_parquet(PREPARED / "oracle.parquet")["label"].to_numpy()
     started = time.perf_counter()
-    budget = min(max(args.budgets) - len(seed_frame), len(x_pool))
-    order, rounds = purchase_order(strategy, seed, x_seed, seed_frame["label"].to_numpy(), x_pool, oracle,
+    budget = min(max(args.budgets) - len(x_seed), len(x_pool))
+    order, rounds = purchase_order(strategy, seed, x_seed, y_seed, x_pool, oracle,
                                    budget=budget, round_size=args.round_size, candidates=args.candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path.with_suffix(".json"), json.dumps(
@@ -82,39 +79,68 @@ def orders_for(args, strategy: str, seed: int) -> np.ndarray:
     return order
 
 
-def proxy_cell(x_train, y_train, x_eval, seed: int) -> np.ndarray:
-    """The in-loop classifier trained on a cell's labels: its predictions on x_eval."""
-    from stages._active_rounds import _classifier
+def proxy_measure(x_seed, x_pool, evals):
+    """Cell -> predictions of the in-loop classifier trained on the cell's labels."""
+    from stages._active_rounds import make_classifier
 
-    clf = _classifier(RoundsConfig(strategy="margin", budget=0, round_size=1, seed=seed))
-    clf.fit(x_train, y_train)
-    return clf.predict(x_eval)
+    def measure(train: pd.DataFrame, bought: np.ndarray, seed: int, checkpoint_dir: Path) -> dict[str, np.ndarray]:
+        clf = make_classifier(seed)
+        clf.fit(np.concatenate([x_seed, x_pool[bought]]), train["label"].to_numpy())
+        return {split: clf.predict(x) for split, (x, _) in evals.items()}
+
+    return measure
+
+
+def finetune_measure(params, evals):
+    """Cell -> predictions of the teacher as the fine_tune stage trains it (the profile's params,
+    the cell's seed), scored as evaluate scores it."""
+    from stages._determinism import seed_everything
+    from stages._models import load_pretrained_classifier
+    from stages._training import train_config
+    from stages.evaluate import score_split
+    from stages.fine_tune import fine_tune
+
+    def measure(train: pd.DataFrame, bought: np.ndarray, seed: int, checkpoint_dir: Path) -> dict[str, np.ndarray]:
+        seed_everything(seed, params.threads)
+        model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=seed, pooling=params.model.pooling)
+        cfg = train_config(params.fine_tune, seed=seed, max_length=params.model.max_length, precision="fp32")
+        fine_tune(model, tokenizer, train, cfg, checkpoint_dir=checkpoint_dir)
+        preds = {}
+        for split, (_, frame) in evals.items():
+            scored = score_split(model, tokenizer, frame, batch_size=64, max_length=params.model.max_length, desc=None)[1]
+            preds[split] = frame[["row_id"]].merge(scored[["row_id", "pred"]], on="row_id", how="left")["pred"].to_numpy()
+        return preds
+
+    return measure
 
 
 def run_cells(args) -> None:
-    out = Path(args.out)
-    x_seed, seed_frame = load_split(Path(args.embeddings), "seed")
-    pool = pd.read_parquet(PREPARED / "pool.parquet")
-    oracle = pd.read_parquet(PREPARED / "oracle.parquet").set_index("pool_id")["label"]
-    evals = {split: load_split(Path(args.embeddings), split) for split in ("dev", "test")}
+    from stages._params import load_params
+
+    out, embeddings = Path(args.out), Path(args.embeddings)
+    x_seed, seed_frame = load_split(embeddings, "seed")
+    x_pool, pool = load_split(embeddings, "pool")
+    oracle = pd.read_parquet(PREPARED / "oracle.parquet").set_index("pool_id")["label"].loc[pool["pool_id"]].to_numpy()
+    evals = {split: load_split(embeddings, split) for split in ("dev", "test")}
+    measure = (proxy_measure(x_seed, x_pool, evals) if args.mode == "proxy"
+               else finetune_measure(load_params(args.params), evals))
     # Budget before strategy: a run stopped early has every strategy at the budgets it reached.
     for seed in args.seeds:
         for labels in args.budgets:
             for strategy in args.strategies:
-                order = orders_for(args, strategy, seed)
+                order = orders_for(args, strategy, seed, x_seed, seed_frame["label"].to_numpy(), x_pool, oracle)
                 bought = order[: max(0, labels - len(seed_frame))]
                 # A budget the seed set alone fills buys nothing: one cell for every strategy.
-                cell = out / args.mode / f"{strategy if len(bought) else 'seedset'}_s{seed}_{labels}"
+                name = strategy if len(bought) else "seedset"
+                cell = out / args.mode / f"{name}_s{seed}_{labels}"
                 if (cell / "cell.json").exists():
                     continue
                 started = time.perf_counter()
-                picked = pool.iloc[bought].assign(label=oracle.loc[pool["pool_id"].iloc[bought]].to_numpy(),
-                                                  source="oracle")
+                picked = pool.iloc[bought].assign(label=oracle[bought], source="oracle")
                 train = pd.concat([seed_frame, picked.drop(columns="pool_id")], ignore_index=True)
-                preds = (proxy_predictions(args, train, x_seed, bought, evals, seed) if args.mode == "proxy"
-                         else finetune_predictions(args, train, seed, evals, out / "checkpoints" / cell.name))
+                preds = measure(train, bought, seed, out / "checkpoints" / cell.name)
                 cell.mkdir(parents=True, exist_ok=True)
-                record = {"strategy": strategy if len(bought) else "seedset", "seed": seed, "labels": int(len(train)),
+                record = {"strategy": name, "seed": seed, "labels": int(len(train)),
                           "seconds": round(time.perf_counter() - started, 1)}
                 for split, pred in preds.items():
                     gold = evals[split][1]["label"].to_numpy()
@@ -123,31 +149,6 @@ def run_cells(args) -> None:
                     record[f"{split}_accuracy"] = round(float((pred == gold).mean()), 5)
                 write_atomic(cell / "cell.json", json.dumps(record, indent=1))
                 print(json.dumps(record), flush=True)
-
-
-def proxy_predictions(args, train, x_seed, bought, evals, seed) -> dict[str, np.ndarray]:
-    x_pool = np.load(Path(args.embeddings) / "pool.npy")
-    x_train = np.concatenate([x_seed, x_pool[bought]])
-    return {split: proxy_cell(x_train, train["label"].to_numpy(), x, seed) for split, (x, _) in evals.items()}
-
-
-def finetune_predictions(args, train, seed, evals, checkpoint_dir: Path) -> dict[str, np.ndarray]:
-    """The teacher as fine_tune trains it (the profile's params, this seed), scored on dev and test."""
-    from stages._determinism import seed_everything
-    from stages._models import load_pretrained_classifier
-    from stages._params import load_params
-    from stages._training import train as train_model
-    from stages._training import train_config
-    from stages.evaluate import score_split
-
-    params = load_params(args.params)
-    seed_everything(seed, params.threads)
-    model, tokenizer = load_pretrained_classifier(params.model.teacher, seed=seed, pooling=params.model.pooling)
-    cfg = train_config(params.fine_tune, seed=seed, max_length=params.model.max_length, precision="fp32")
-    train_model(model, tokenizer, train.assign(weight=1.0), cfg, checkpoint_dir=checkpoint_dir)
-    return {split: score_split(model, tokenizer, frame, batch_size=64, max_length=params.model.max_length,
-                               desc=None)[1]["pred"].to_numpy()[np.argsort(np.argsort(frame["row_id"].to_numpy()))]
-            for split, (_, frame) in evals.items()}
 
 
 def embed(args) -> None:

@@ -138,16 +138,20 @@ def curve_spec(table: pd.DataFrame, title: str) -> dict:
     }
 
 
+def _delta(row: dict, split: str) -> str:
+    """`+d [low, high] verdict` of a table row against random, or a dash for random itself."""
+    if pd.isna(row.get(f"{split}_diff")):
+        return "—"
+    return (f"{row[f'{split}_diff']:+.2f} [{row[f'{split}_low']:+.2f}, {row[f'{split}_high']:+.2f}] "
+            f"{row[f'{split}_verdict']}")
+
+
 def markdown(table: pd.DataFrame, saved: list[dict], mode: str) -> str:
     lines = [f"## {mode}", "", "| strategy | labels | seeds | dev % | Δ dev vs random [95 %] | test % | Δ test vs random [95 %] |",
              "|---|---|---|---|---|---|---|"]
     for r in table.sort_values(["labels", "strategy"]).to_dict("records"):
-        def delta(split: str) -> str:
-            if pd.isna(r.get(f"{split}_diff")):
-                return "—"
-            return f"{r[f'{split}_diff']:+.2f} [{r[f'{split}_low']:+.2f}, {r[f'{split}_high']:+.2f}] {r[f'{split}_verdict']}"
-        lines.append(f"| {r['strategy']} | {r['labels']} | {r['seeds']} | {r['dev_accuracy']:.2f} | {delta('dev')} | "
-                     f"{r['test_accuracy']:.2f} | {delta('test')} |")
+        lines.append(f"| {r['strategy']} | {r['labels']} | {r['seeds']} | {r['dev_accuracy']:.2f} | {_delta(r, 'dev')} | "
+                     f"{r['test_accuracy']:.2f} | {_delta(r, 'test')} |")
     lines += ["", "Labels saved at equal dev accuracy (against random at the reference budget):", ""]
     for s in saved:
         if s.get("saved") is None:

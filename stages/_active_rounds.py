@@ -84,15 +84,17 @@ def check_config(cfg: RoundsConfig, pool_size: int) -> None:
         raise SelectionError(f"active_select.budget must be >= 0 (got {cfg.budget})")
 
 
-def _classifier(cfg: RoundsConfig):
+def make_classifier(seed: int, classes: int = 3, regularization: float = 1.0):
+    """The in-loop classifier: standardised features -> logistic regression, as scikit-activeml
+    wraps it (unbought rows carry the label NaN and are left out of the fit)."""
+    from skactiveml.classifier import SklearnClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from skactiveml.classifier import SklearnClassifier
 
-    lr = LogisticRegression(C=cfg.regularization, max_iter=300)
-    return SklearnClassifier(make_pipeline(StandardScaler(), lr), classes=np.arange(cfg.classes),
-                             missing_label=np.nan, random_state=cfg.seed)
+    lr = LogisticRegression(C=regularization, max_iter=300)
+    return SklearnClassifier(make_pipeline(StandardScaler(), lr), classes=np.arange(classes),
+                             missing_label=np.nan, random_state=seed)
 
 
 def _strategy(cfg: RoundsConfig):
@@ -112,16 +114,24 @@ def _needs_classifier(strategy: str) -> bool:
     return strategy in ("margin", "entropy", "badge")
 
 
+def _normalised(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def _cosine_blocks(queries: np.ndarray, keys: np.ndarray, chunk: int):
+    """(start, cosine similarities (chunk, m)) of query rows start.. against every key row, so no
+    (q, m) matrix is ever whole."""
+    kn = _normalised(keys)
+    for start in range(0, len(queries), chunk):
+        yield start, _normalised(queries[start:start + chunk]) @ kn.T
+
+
 def nearest_keys(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
     """Indices (q, min(k, m)) of each query row's k most cosine-similar key rows (any order)."""
     k = min(k, len(keys))
-    kn = keys / np.clip(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12, None)
     out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        q = queries[start:start + chunk]
-        q = q / np.clip(np.linalg.norm(q, axis=1, keepdims=True), 1e-12, None)
-        sims = q @ kn.T  # (chunk, m)
-        out[start:start + chunk] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    for start, sims in _cosine_blocks(queries, keys, chunk):
+        out[start:start + len(sims)] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return out
 
 
@@ -144,35 +154,29 @@ def typicality(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
 def nearest_similarity(queries: np.ndarray, keys: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Cosine similarity of each query row to its nearest key row, and that key's index.
 
-    queries (q, k), keys (m, k) -> (q,), (q,). Chunked so no (q, m) matrix is ever whole.
+    queries (q, k), keys (m, k) -> (q,), (q,).
     """
     if len(keys) == 0:
         return np.full(len(queries), -np.inf), np.full(len(queries), -1)
-    kn = keys / np.clip(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12, None)
     best = np.empty(len(queries), dtype=np.float32)
     where = np.empty(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        q = queries[start:start + chunk]
-        q = q / np.clip(np.linalg.norm(q, axis=1, keepdims=True), 1e-12, None)
-        sims = q @ kn.T  # (chunk, m)
-        where[start:start + chunk] = sims.argmax(axis=1)
-        best[start:start + chunk] = sims[np.arange(len(q)), where[start:start + chunk]]
+    for start, sims in _cosine_blocks(queries, keys, chunk):
+        rows = slice(start, start + len(sims))
+        where[rows] = sims.argmax(axis=1)
+        best[rows] = sims[np.arange(len(sims)), where[rows]]
     return best, where
 
 
-def _hard_labelled(history: list[tuple[np.ndarray, np.ndarray]], n_labelled: int, cfg: RoundsConfig) -> np.ndarray:
+def _hard_labelled(history: list[np.ndarray], n_labelled: int, cfg: RoundsConfig) -> np.ndarray:
     """Boolean (n_labelled,): pairs whose mean gold-label probability over the rounds since they
     were bought (at least hard_rounds of them) is below hard_threshold: the classifier never learns them.
 
-    history[r] = (gold probability, whether the top class was the gold one), one entry per pair
-    labelled at round r (later rounds are longer).
+    history[r]: the gold-label probability of each pair labelled at round r (later rounds are longer).
     """
     sums = np.zeros(n_labelled)
     counts = np.zeros(n_labelled)
-    right = np.zeros(n_labelled)
-    for probs, correct in history:
+    for probs in history:
         sums[: len(probs)] += probs
-        right[: len(probs)] += correct
         counts[: len(probs)] += 1
     mean = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
     return (counts >= cfg.hard_rounds) & (mean < cfg.hard_threshold)
@@ -197,7 +201,7 @@ def select_in_rounds(
     history: list[np.ndarray] = []
     hard = np.zeros(n_l, dtype=bool)
     rounds: list[dict] = []
-    clf = _classifier(cfg) if _needs_classifier(cfg.strategy) or cfg.outliers == "datamap" else None
+    clf = make_classifier(cfg.seed, cfg.classes, cfg.regularization) if _needs_classifier(cfg.strategy) or cfg.outliers == "datamap" else None
     strategy = _strategy(cfg)
     rng = np.random.default_rng(cfg.seed)
     density = None
@@ -218,22 +222,22 @@ def select_in_rounds(
             clf.fit(x_all, y_all)
             if cfg.outliers == "datamap":
                 probs = np.round(clf.predict_proba(x_all[labelled_rows]), PROB_DECIMALS)  # (labelled, classes)
-                gold = y_all[labelled_rows].astype(int)
-                history.append((probs[np.arange(len(labelled_rows)), gold], probs.argmax(axis=1) == gold))
+                history.append(probs[np.arange(len(labelled_rows)), y_all[labelled_rows].astype(int)])
                 hard = _hard_labelled(history, len(labelled_rows), cfg)
+                in_hard_neighbourhood = np.zeros(n_p, dtype=bool)
                 if hard.any():
                     # The share of hard pairs among a pool pair's labelled neighbours (n_p,): an
                     # uncertainty strategy's utility is scaled by (1 - share); the others skip the
                     # pairs where it reaches hard_share.
                     neighbours = nearest_keys(x_pool, x_all[labelled_rows], cfg.neighbours)  # (n_p, k)
                     hard_share = hard[neighbours].mean(axis=1)
+                    in_hard_neighbourhood = (hard_share >= cfg.hard_share) & np.isnan(y_all[n_l:])
                     if cfg.strategy in UNCERTAINTY:
                         weight = np.concatenate([np.zeros(n_l), 1.0 - hard_share])
                     else:
-                        excluded = (hard_share >= cfg.hard_share) & np.isnan(y_all[n_l:])
+                        excluded = in_hard_neighbourhood
                 record.update(hard_labelled=int(hard.sum()), excluded_pool=int(excluded.sum()),
-                              hard_neighbourhood_pool=int(((hard_share >= cfg.hard_share)
-                                                           & np.isnan(y_all[n_l:])).sum()) if hard.any() else 0)
+                              hard_neighbourhood_pool=int(in_hard_neighbourhood.sum()))
         open_pos = np.flatnonzero(np.isnan(y_all[n_l:]) & ~excluded)
         if len(open_pos) < size:  # the exclusions ate the pool: buy from what is left unbought
             open_pos = np.flatnonzero(np.isnan(y_all[n_l:]))
@@ -269,7 +273,7 @@ def _round_report(picked: np.ndarray, oracle: np.ndarray, x_pool: np.ndarray, x_
     before, _ = nearest_similarity(x, x_before)
     within = np.full(len(picked), -np.inf)
     if len(picked) > 1:
-        xn = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+        xn = _normalised(x)
         sims = xn @ xn.T  # (picked, picked): a round is at most a few thousand pairs
         np.fill_diagonal(sims, -np.inf)
         within = sims.max(axis=1)

@@ -92,12 +92,16 @@ def score_pool(model, tokenizer, pool: pd.DataFrame, *, max_length: int) -> np.n
     return softmax(logits)
 
 
+def check_budget(budget: int, pool_rows: int) -> None:
+    if budget > pool_rows:
+        raise DataError(f"active_select.budget ({budget}) exceeds the pool ({pool_rows} rows)")
+
+
 def pick(
     seed_set: pd.DataFrame, pool: pd.DataFrame, oracle: pd.DataFrame, scores: np.ndarray, budget: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top-`budget` pool rows by score get their oracle label -> (labelled, still unlabelled)."""
-    if budget > len(pool):
-        raise DataError(f"active_select.budget ({budget}) exceeds the pool ({len(pool)} rows)")
+    check_budget(budget, len(pool))
     if not pool["pool_id"].isin(oracle["pool_id"]).all():
         raise DataError("oracle.parquet lacks labels for some pool_id values")
     if budget > int(np.isfinite(scores).sum()):
@@ -171,8 +175,7 @@ def active_select(
     probs = None
     budget = len(pool) if params.strategy == "all" else params.budget
     in_rounds = params.acquisition == "embedding" and params.strategy not in ("random", "all")
-    if budget > len(pool):
-        raise DataError(f"active_select.budget ({budget}) exceeds the pool ({len(pool)} rows)")
+    check_budget(budget, len(pool))  # before minutes of embedding or training, not after
     one_shot = params.strategy in ("entropy", "margin") and not in_rounds
     needs_model = one_shot or params.pseudo_size > 0 or params.keep_model
     if params.strategy in ("random", "all"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ import pytest
 ])
 def test_prepare_errors_start_with_the_stage_name(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "stages.prepare", *args], capture_output=True, text=True,
-                            cwd=tmp_path, env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1]),
+                            cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parents[1]),
                                                "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert message in result.stderr, result.stderr
